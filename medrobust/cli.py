@@ -1,0 +1,233 @@
+"""Command line: ``python -m medrobust train|evaluate|report|export``.
+
+Bad arguments end in one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from medrobust.methods import METHODS
+
+EXIT_USAGE = 2
+DEFAULT_RUNS = Path("runs")
+DEFAULT_RESULTS = Path("results")
+
+
+def _non_negative(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v < 0 or v != v:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
+def _eps_list(text: str) -> tuple[float, ...]:
+    return tuple(_non_negative(t) for t in text.split(",") if t.strip())
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", action="append", metavar="DIR",
+                   help="data folder in the upstream layout (metadata.csv + images/); repeat for several. "
+                        "Default: $MEDROBUST_DATA (os.pathsep-separated), else ./data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from medrobust.training import PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m medrobust",
+        description="Train and benchmark chest X-ray classifiers for robustness and calibration.",
+        epilog="Example: python -m medrobust train --method robust --preset smoke --data DIR && "
+               "python -m medrobust evaluate && python -m medrobust report",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,report,export}")
+
+    t = sub.add_parser("train", help="train one model (resumes an interrupted run in the same --out)",
+                       description="Train a ResNet-18 with one of the four methods. Writes config.json, split.json, "
+                                   "progress.jsonl, state.safetensors (every epoch) and model.safetensors + model.json.")
+    t.add_argument("--method", required=True, choices=list(METHODS), help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
+    t.add_argument("--preset", default="cpu", choices=list(PRESETS),
+                   help="paper: 224 px, 41 epochs; cpu: 128 px, 41 epochs (default); smoke: 64 px, 1 epoch, 3 batches")
+    _add_data(t)
+    t.add_argument("--out", type=Path, help="run folder (default runs/<method>-<preset>-s<seed>)")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--image-size", type=_positive_int)
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=_non_negative)
+    t.add_argument("--weight-decay", type=_non_negative)
+    t.add_argument("--eps", type=_non_negative, help="PGD radius for robust methods, stated at 224 px (default 4)")
+    t.add_argument("--norm", choices=["l2", "linf"], help="PGD norm (default l2; for linf give eps in pixel units, e.g. 0.0157 for 4/255)")
+    t.add_argument("--pgd-steps", type=_positive_int)
+    t.add_argument("--eps-ramp-epochs", type=int, help="ramp eps linearly over this many epochs (default 15; 0 = off)")
+    t.add_argument("--class-balance", choices=["weights", "none"], help="inverse-frequency class weights (default) or none")
+    t.add_argument("--augmix-ops", help="comma-separated AugMix ops (default hflip,vflip)")
+    t.add_argument("--init", help="'imagenet' or a medrobust checkpoint to start from (default: from scratch)")
+    t.add_argument("--select", choices=["last", "best_val_bacc"], help="which epoch to ship (default last)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-batches", type=_positive_int, help="cap batches per epoch (quick checks)")
+    t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a tqdm bar")
+
+    e = sub.add_parser("evaluate", help="run the benchmark on the test patients of each model's split",
+                       description="Clean, L2 PGD (eps 1..5 at 224 px, 20 steps), gaussian/s&p/speckle at 0.1..1.0, "
+                                   "and calibration, on the held-out test patients. Refuses a split overlapping the "
+                                   "model's training patients.")
+    e.add_argument("checkpoints", nargs="*", type=Path,
+                   help="model .safetensors files or run folders (default: the newest run in runs/)")
+    _add_data(e)
+    e.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="results folder (default results/)")
+    e.add_argument("--eps", type=_eps_list, help="comma-separated radii stated at 224 px (default 1,2,3,4,5)")
+    e.add_argument("--norm", choices=["l2", "linf"], default="l2")
+    e.add_argument("--steps", type=_positive_int, default=20, help="PGD steps (default 20)")
+    e.add_argument("--restarts", type=_positive_int, default=1, help="PGD random restarts for the sanity check (default 1)")
+    e.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples for 95 %% CIs")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--part", choices=["test", "val"], default="test", help="which split part to evaluate on")
+    e.add_argument("--device", default="auto")
+
+    r = sub.add_parser("report", help="print Table I and Table II for evaluated models",
+                       description="Print the paper's tables (Markdown) from evaluation JSON files or folders.")
+    r.add_argument("results", nargs="*", type=Path, help="result JSONs or folders (default results/, else checkpoints/results)")
+    r.add_argument("--out", type=Path, help="also write the report to this file")
+
+    x = sub.add_parser("export", help="write a run's model as an fp16 checkpoint for shipping")
+    x.add_argument("checkpoint", type=Path)
+    x.add_argument("dest", type=Path)
+    return parser
+
+
+def _newest_run() -> Path:
+    runs = sorted(DEFAULT_RUNS.glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError("No trained model found in runs/; train one first or pass a checkpoint.")
+    return runs[-1]
+
+
+def _checkpoint_file(p: Path) -> Path:
+    return p / "model.safetensors" if p.is_dir() else p
+
+
+def cmd_train(args) -> int:
+    from medrobust.data import data_roots
+    from medrobust.training import preset_config, train
+
+    overrides = dict(method=args.method, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
+                     lr=args.lr, weight_decay=args.weight_decay, eps=args.eps, norm=args.norm, pgd_steps=args.pgd_steps,
+                     eps_ramp_epochs=args.eps_ramp_epochs, class_balance=args.class_balance, init=args.init,
+                     select=args.select, seed=args.seed, max_batches=args.max_batches, device=args.device)
+    if args.augmix_ops:
+        overrides["augmix_ops"] = tuple(o.strip() for o in args.augmix_ops.split(",") if o.strip())
+    config = preset_config(args.preset, **overrides)
+    out = args.out or DEFAULT_RUNS / f"{config.method}-{config.preset}-s{config.seed}"
+    roots = data_roots(args.data)
+    result = train(config, roots=roots, run_dir=out, show_progress=args.progress)
+    val = result.card.get("val_metrics", {})
+    print(f"trained {config.method} for {result.card['epochs_done']} epoch(s) in {result.card['train_seconds']:.0f} s; "
+          f"val accuracy {val.get('accuracy', float('nan')):.3f}, balanced {val.get('balanced_accuracy', float('nan')):.3f}; "
+          f"checkpoint {result.checkpoint}")
+    if result.card.get("collapsed"):
+        print(f"WARNING: {result.card['warning']}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from medrobust.data import DataError, check_no_overlap, data_roots, load_dataset, split_by_patient
+    from medrobust.checkpoints import load_checkpoint
+    from medrobust.evaluation import EvalConfig, evaluate_model, write_results
+    from medrobust.training import resolve_device
+
+    import torch
+
+    targets = [_checkpoint_file(p) for p in args.checkpoints] or [_newest_run()]
+    config = EvalConfig(eps=args.eps or EvalConfig.eps, norm=args.norm, pgd_steps=args.steps, restarts=args.restarts,
+                        n_boot=args.n_boot, seed=args.seed).validate()
+    device = resolve_device(args.device)
+    roots = data_roots(args.data)
+    datasets: dict[int, object] = {}
+    for ckpt in targets:
+        model, card = load_checkpoint(ckpt, device=device)
+        size = int(card.get("image_size") or card["config"]["image_size"])
+        if size not in datasets:
+            datasets[size] = load_dataset(roots, image_size=size, progress=True)
+        data = datasets[size]
+        split_info = card.get("split", {})
+        split = split_by_patient(data.records, seed=int(split_info.get("seed", 0)),
+                                 fractions=tuple(split_info.get("fractions", (0.7, 0.1, 0.2))))
+        if split_info.get("hash") and split.hash != split_info["hash"]:
+            print(f"note: the data differ from {ckpt.name}'s training data (split hash {split.hash} vs "
+                  f"{split_info['hash']}); checking patient overlap.", file=sys.stderr)
+        check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients[args.part])
+        part = data.subset(split.images[args.part])
+        if len(part) == 0:
+            raise DataError(f"The {args.part} split is empty.")
+        name = card.get("name") or ckpt.stem
+        print(f"evaluating {name} ({card.get('method')}) on {len(part)} {args.part} images at {size} px ...", file=sys.stderr)
+        result = evaluate_model(model, part.images, part.labels, config=config, name=name, card=card,
+                                keys=[r.key for r in part.records], split_hash=split.hash)
+        result["part"] = args.part
+        paths = write_results(result, args.out)
+        flag = "  DEGENERATE (one class for >= 95 % of images)" if result["degenerate"] else ""
+        print(f"{name}: clean acc {result['clean']['accuracy']:.3f} (balanced {result['clean']['balanced_accuracy']:.3f}), "
+              f"PGD mean {result['summary']['pgd_' + config.norm]['accuracy']:.3f}, {result['timing']['total_s']:.0f} s "
+              f"-> {paths[0]}{flag}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from medrobust.evaluation import load_results
+    from medrobust.report import render_report
+
+    paths = args.results
+    if not paths:
+        paths = [DEFAULT_RESULTS] if DEFAULT_RESULTS.is_dir() else [Path("checkpoints") / "results"]
+    text = render_report(load_results(paths))
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from medrobust.checkpoints import export_fp16
+
+    card = export_fp16(_checkpoint_file(args.checkpoint), args.dest)
+    print(f"wrote {args.dest} (fp16, sha256 {card['sha256'][:12]}…)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export}
+    from medrobust.checkpoints import CheckpointError
+    from medrobust.data import DataError
+
+    try:
+        return handlers[args.command](args)
+    except (ValueError, DataError, CheckpointError, FileNotFoundError, PermissionError) as exc:
+        print(f"medrobust {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # disk full, read-only folder: say so, without a traceback
+        print(f"medrobust {args.command}: error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"medrobust {args.command}: interrupted; an interrupted training run resumes from its last epoch.", file=sys.stderr)
+        return 130

@@ -1,0 +1,64 @@
+"""ResNet-18 for 1-channel chest X-rays in [0, 1], normalising inside ``forward`` (RobustBench style)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+#: ImageNet's channel statistics averaged over RGB, so summed ImageNet conv1 weights see familiar inputs.
+GREY_MEAN = 0.449
+GREY_STD = 0.226
+NUM_CLASSES = 2
+
+
+class XrayResNet(nn.Module):
+    """torchvision ResNet-18 with one input channel and two outputs.
+
+    Inputs are (N, 1, H, W) in [0, 1]; the normalisation is a pair of buffers, so attacks and
+    corruptions work in pixel units and never see it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        net = resnet18(weights=None, num_classes=NUM_CLASSES)
+        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.net = net
+        self.register_buffer("mean", torch.tensor(GREY_MEAN).view(1, 1, 1, 1))
+        self.register_buffer("std", torch.tensor(GREY_STD).view(1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def build_model() -> XrayResNet:
+    """A freshly initialised model (torchvision's default init)."""
+    return XrayResNet()
+
+
+IMAGENET_WEIGHTS_FILE = "resnet18-f37072fd.pth"
+
+
+def load_imagenet_into(model: XrayResNet) -> None:
+    """Copy torchvision's ImageNet ResNet-18 weights in, summing conv1 over RGB and dropping fc.
+
+    Uses the torch hub cache (``$TORCH_HOME/hub/checkpoints``); offline, place the file there.
+    """
+    from torchvision.models import ResNet18_Weights
+
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    try:
+        state = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as exc:
+        raise RuntimeError(
+            f"Cannot get torchvision's ImageNet weights ({type(exc).__name__}); offline, download "
+            f"{ResNet18_Weights.IMAGENET1K_V1.url} and put it at {hub / IMAGENET_WEIGHTS_FILE}."
+        ) from None
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    missing, unexpected = model.net.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+        raise RuntimeError(f"ImageNet weights do not fit the model: missing {missing}, unexpected {unexpected}.")
