@@ -161,7 +161,9 @@ def pgd(
     delta = _random_start(x0, e, norm, generator) if random_start else torch.zeros_like(x0)
     x_adv = (x0 + delta).clamp_(0.0, 1.0)
     if steps == 0 or bool((e == 0).all()):
-        return (x0 if bool((e == 0).all()) else x_adv).to(x.dtype).contiguous()
+        # x0 may share storage with x: return a copy so callers can edit the result in place.
+        out = x0 if bool((e == 0).all()) else x_adv
+        return out.to(x.dtype).contiguous().clone()
     done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     result = x_adv.clone()
     with eval_mode(model):

@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", nargs="*", type=Path, help="result JSONs or folders (default results/, else checkpoints/results)")
     r.add_argument("--out", type=Path, help="also write the report to this file")
 
-    x = sub.add_parser("export", help="write a run's model as an fp16 checkpoint for shipping")
+    x = sub.add_parser("export", help="write a run's model as an fp16 checkpoint for shipping",
+                       description="Re-save a checkpoint with fp16 weights (upcast to fp32 on load); its card is "
+                                   "kept, named after DEST's stem, with a new sha256.")
     x.add_argument("checkpoint", type=Path)
     x.add_argument("dest", type=Path)
     return parser
@@ -150,7 +152,7 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from medrobust.data import DataError, check_no_overlap, data_roots, load_dataset, split_by_patient
-    from medrobust.checkpoints import load_checkpoint
+    from medrobust.checkpoints import CheckpointError, load_checkpoint
     from medrobust.evaluation import EvalConfig, evaluate_model, write_results
     from medrobust.training import resolve_device
 
@@ -164,7 +166,11 @@ def cmd_evaluate(args) -> int:
     datasets: dict[int, object] = {}
     for ckpt in targets:
         model, card = load_checkpoint(ckpt, device=device)
-        size = int(card.get("image_size") or card["config"]["image_size"])
+        try:
+            size = int(card.get("image_size") or card["config"]["image_size"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{ckpt.name}: its card records no image size (image_size); "
+                                  "evaluate models written by `medrobust train` or `export`.") from None
         if size not in datasets:
             datasets[size] = load_dataset(roots, image_size=size, progress=True)
         data = datasets[size]
@@ -208,7 +214,7 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from medrobust.checkpoints import export_fp16
 
-    card = export_fp16(_checkpoint_file(args.checkpoint), args.dest)
+    card = export_fp16(_checkpoint_file(args.checkpoint), args.dest, extra={"name": args.dest.stem})
     print(f"wrote {args.dest} (fp16, sha256 {card['sha256'][:12]}…)")
     return 0
 

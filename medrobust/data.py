@@ -168,7 +168,8 @@ def _inputs_hash(records: list[Record], size: int) -> str:
     h = hashlib.sha256(f"v{PREPROCESS_VERSION}|{size}".encode())
     for r in records:
         st = os.stat(r.path)
-        h.update(f"|{r.key}|{r.label}|{st.st_size}|{int(st.st_mtime)}".encode())
+        # Nanosecond mtime: a file rewritten within the same second (same size) must invalidate the cache.
+        h.update(f"|{r.key}|{r.label}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
@@ -210,12 +211,24 @@ def load_dataset(roots: list[Path] | list[str], *, image_size: int, use_cache: b
         raise DataError(f"No labelled frontal X-ray found in {', '.join(map(str, roots))} ({report.summary()}).")
     key = _inputs_hash(records, image_size)
     cache = cache_dir() / f"dataset-{key}.pt"
+    all_keys = [r.key for r in records]
     if use_cache and cache.is_file():
         try:
             blob = torch.load(cache, weights_only=True)
-            if blob["keys"] == [r.key for r in records]:
-                return Dataset(images=blob["images"], labels=torch.tensor([r.label for r in records]),
-                               records=records, report=report, image_size=image_size, inputs_hash=key)
+            # ``keys`` are the images that decoded; ``all_keys`` every record the cache was built from
+            # (older caches lack it: they only ever matched when every image decoded).
+            if blob.get("all_keys", blob["keys"]) == all_keys:
+                kept = set(blob["keys"])
+                cached = [r for r in records if r.key in kept]
+                if [r.key for r in cached] == blob["keys"] and blob["images"].shape[0] == len(cached):
+                    unreadable = len(records) - len(cached)
+                    if unreadable:
+                        report.dropped["image file unreadable"] += unreadable
+                    report.kept = len(cached)
+                    report.per_class = Counter(r.label for r in cached)
+                    return Dataset(images=blob["images"],
+                                   labels=torch.tensor([r.label for r in cached], dtype=torch.long),
+                                   records=cached, report=report, image_size=image_size, inputs_hash=key)
         except Exception:  # a corrupt cache is rebuilt, never trusted
             pass
     images = torch.empty((len(records), 1, image_size, image_size), dtype=torch.uint8)
@@ -240,7 +253,7 @@ def load_dataset(roots: list[Path] | list[str], *, image_size: int, use_cache: b
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": images, "keys": [r.key for r in records]}, tmp)
+        torch.save({"images": images, "keys": [r.key for r in records], "all_keys": all_keys}, tmp)
         os.replace(tmp, cache)
     return Dataset(images=images, labels=torch.tensor([r.label for r in records], dtype=torch.long),
                    records=records, report=report, image_size=image_size, inputs_hash=key)

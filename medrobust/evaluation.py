@@ -84,6 +84,56 @@ def _level_row(perturbation: str, severity: float, labels: np.ndarray, probs: np
     return row
 
 
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _generator(device, *, seed: int, stage: int, batch_index: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + stage * 10_007 + batch_index)
+
+
+def _evaluate_batch(model, xb: torch.Tensor, yb: torch.Tensor, *, config: EvalConfig, eps_px: list[float],
+                    batch_index: int, timing: dict[str, float]) -> dict[str, Any]:
+    """Everything the benchmark needs from one batch: clean, adversarial and noisy probabilities."""
+    device = xb.device
+    use_ac = config.use_autocast
+    out: dict[str, Any] = {"clean": _probs(model, xb, use_autocast=use_ac).cpu().numpy()}
+    t0 = time.time()
+    advs = pgd_multi_eps(model, xb, yb, eps_list=eps_px, steps=config.pgd_steps, norm=config.norm,
+                         generator=_generator(device, seed=config.seed, stage=1, batch_index=batch_index),
+                         use_autocast=use_ac)
+    out["adv"] = [_probs(model, advs[ep], use_autocast=use_ac).cpu().numpy() for ep in eps_px]
+    y_cpu = yb.cpu().numpy()
+    restart_ok = [a.argmax(1) == y_cpu for a in out["adv"]]
+    for r in range(config.restarts - 1):
+        g = _generator(device, seed=config.seed, stage=2 + r, batch_index=batch_index)
+        for i, ep in enumerate(eps_px):
+            idx = np.flatnonzero(restart_ok[i])
+            if idx.size == 0:
+                continue
+            ti = torch.as_tensor(idx, device=device)
+            adv = pgd_multi_eps(model, xb[ti], yb[ti], eps_list=[ep], steps=config.pgd_steps, norm=config.norm,
+                                generator=g, use_autocast=use_ac)[ep]
+            ok = _probs(model, adv, use_autocast=use_ac).argmax(1).cpu().numpy() == y_cpu[idx]
+            restart_ok[i] = restart_ok[i].copy()
+            restart_ok[i][idx] = ok
+    out["restart_ok"] = restart_ok
+    timing["pgd_s"] += time.time() - t0
+    t0 = time.time()
+    out["noise"] = []
+    for ni, noise in enumerate(config.noises):
+        per_level = []
+        for li, sev in enumerate(config.severities):
+            g = _generator(device, seed=config.seed, stage=100 + 10 * ni + li, batch_index=batch_index)
+            xc = apply_corruption(xb, name=noise, severity=sev, generator=g)
+            per_level.append(_probs(model, xc, use_autocast=use_ac).cpu().numpy())
+        out["noise"].append(per_level)
+    timing["noise_s"] += time.time() - t0
+    return out
+
+
 def evaluate_model(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -119,9 +169,23 @@ def evaluate_model(
         raise ValueError("The test set is empty.")
     side = int(x_all.shape[-1])
     progress = on_progress or (lambda stage, frac: None)
-    # ---- clean -------------------------------------------------------------------------------
-    clean = torch.cat([_probs(model, x_all[s].to(device), use_autocast=config.use_autocast).cpu()
-                       for s in _batches(n, config.batch_size)]).numpy()
+    eps_px = [scale_eps(e, norm=config.norm, side=side) for e in config.eps]
+    # Every batch is seeded from (seed, stage, batch index), so results do not depend on which
+    # process handles which batch: a torchrun evaluation equals the single-process one.
+    slices = list(_batches(n, config.batch_size))
+    rank, world = _rank_world()
+    outputs: dict[int, dict[str, Any]] = {}
+    timing = {"pgd_s": 0.0, "noise_s": 0.0}
+    for bi in range(rank, len(slices), world):
+        outputs[bi] = _evaluate_batch(model, x_all[slices[bi]].to(device), y_all[slices[bi]].to(device),
+                                      config=config, eps_px=eps_px, batch_index=bi, timing=timing)
+        progress("batches", (bi + 1) / len(slices))
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, outputs)
+        outputs = {k: v for part in gathered for k, v in part.items()}
+    order = range(len(slices))
+    clean = np.concatenate([outputs[b]["clean"] for b in order])
     clean_m = classification_metrics(labels=y_np, probs=clean)
     clean_ci = bootstrap_ci(labels=y_np, probs=clean, metrics=(*PER_LEVEL_METRICS, "auroc"), n_boot=config.n_boot,
                             seed=config.seed)
@@ -129,58 +193,21 @@ def evaluate_model(
                        extra={"auroc": clean_m["auroc"]})]
     rows[0]["ci"]["auroc"] = list(clean_ci["auroc"])
     degenerate = bool(clean_m["degenerate"])
-    progress("clean", 1.0)
-    # ---- PGD ---------------------------------------------------------------------------------
-    eps_px = [scale_eps(e, norm=config.norm, side=side) for e in config.eps]
-    correct_single = {e: np.zeros(n, dtype=bool) for e in config.eps}
-    correct_restart = {e: np.zeros(n, dtype=bool) for e in config.eps}
-    adv_probs = {e: np.zeros((n, 2)) for e in config.eps}
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-    t_pgd = time.time()
-    for bi, s in enumerate(_batches(n, config.batch_size)):
-        xb, yb = x_all[s].to(device), y_all[s].to(device)
-        advs = pgd_multi_eps(model, xb, yb, eps_list=eps_px, steps=config.pgd_steps, norm=config.norm,
-                             generator=gen, use_autocast=config.use_autocast)
-        for e, ep in zip(config.eps, eps_px):
-            p = _probs(model, advs[ep], use_autocast=config.use_autocast).cpu()
-            adv_probs[e][s] = p.numpy()
-            ok = (p.argmax(1) == yb.cpu()).numpy()
-            correct_single[e][s] = ok
-            correct_restart[e][s] = ok
-        for _ in range(config.restarts - 1):
-            for e, ep in zip(config.eps, eps_px):
-                idx = np.flatnonzero(correct_restart[e][s])
-                if idx.size == 0:
-                    continue
-                ti = torch.as_tensor(idx)
-                adv = pgd_multi_eps(model, xb[ti], yb[ti], eps_list=[ep], steps=config.pgd_steps, norm=config.norm,
-                                    generator=gen, use_autocast=config.use_autocast)[ep]
-                ok = (_probs(model, adv, use_autocast=config.use_autocast).argmax(1).cpu() == yb[ti].cpu()).numpy()
-                block = correct_restart[e][s].copy()
-                block[idx] = ok
-                correct_restart[e][s] = block
-        progress("pgd", (s.stop) / n)
-    pgd_seconds = time.time() - t_pgd
-    for e in config.eps:
-        extra = {"eps_pixels": scale_eps(e, norm=config.norm, side=side), "norm": config.norm,
-                 "steps": config.pgd_steps}
+    correct_single = {e: np.concatenate([outputs[b]["adv"][i].argmax(1) == y_np[slices[b]] for b in order])
+                      for i, e in enumerate(config.eps)}
+    correct_restart = {e: np.concatenate([outputs[b]["restart_ok"][i] for b in order]) for i, e in enumerate(config.eps)}
+    for i, e in enumerate(config.eps):
+        extra = {"eps_pixels": eps_px[i], "norm": config.norm, "steps": config.pgd_steps}
         if config.restarts > 1:
             extra["accuracy_restarts"] = float(correct_restart[e].mean())
             extra["restarts"] = config.restarts
-        rows.append(_level_row(f"pgd_{config.norm}", e, y_np, adv_probs[e], n_boot=config.n_boot, seed=config.seed,
-                               extra=extra))
-    # ---- noise -------------------------------------------------------------------------------
-    t_noise = time.time()
+        adv = np.concatenate([outputs[b]["adv"][i] for b in order])
+        rows.append(_level_row(f"pgd_{config.norm}", e, y_np, adv, n_boot=config.n_boot, seed=config.seed, extra=extra))
     for ni, noise in enumerate(config.noises):
         for li, sev in enumerate(config.severities):
-            g = torch.Generator(device=device).manual_seed(config.seed * 1000 + ni * 100 + li)
-            probs = []
-            for s in _batches(n, config.batch_size):
-                xc = apply_corruption(x_all[s].to(device), name=noise, severity=sev, generator=g)
-                probs.append(_probs(model, xc, use_autocast=config.use_autocast).cpu())
-            rows.append(_level_row(noise, sev, y_np, torch.cat(probs).numpy(), n_boot=config.n_boot, seed=config.seed))
-        progress(noise, 1.0)
-    noise_seconds = time.time() - t_noise
+            probs = np.concatenate([outputs[b]["noise"][ni][li] for b in order])
+            rows.append(_level_row(noise, sev, y_np, probs, n_boot=config.n_boot, seed=config.seed))
+    pgd_seconds, noise_seconds = timing["pgd_s"], timing["noise_s"]
     # ---- summaries and sanity ----------------------------------------------------------------
     summary: dict[str, Any] = {"clean": {k: clean_m[k] for k in (*PER_LEVEL_METRICS, "auroc")}}
     for pert in (f"pgd_{config.norm}", *config.noises):
@@ -267,7 +294,10 @@ def _csv_cell(v: Any) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.6g}"
     s = str(v)
-    return f'"{s}"' if ("," in s or '"' in s) else s
+    # RFC 4180: quote cells holding a separator, quote or line break, and double embedded quotes.
+    if any(c in s for c in ',"\r\n'):
+        return '"' + s.replace('"', '""') + '"'
+    return s
 
 
 def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:

@@ -7,7 +7,9 @@ from typing import Any, Sequence
 
 from medrobust.methods import METHODS
 
-#: The paper's reported numbers, filled where known (None = not reported / not found).
+#: The paper's reported numbers, filled where known (None = not reported / not found), per method.
+#: Keys read by the dashboard: Table I "clean", "pgd", "noise" (accuracy as a fraction);
+#: Table II "rmsce", "entropy".
 PAPER_TABLE_I: dict[str, dict[str, float | None]] = {m: {} for m in METHODS}
 PAPER_TABLE_II: dict[str, dict[str, float | None]] = {m: {} for m in METHODS}
 PAPER_SOURCE = "Martínez-Martínez & Nabavi, 'Addressing Vulnerability in Medical Deep Learning through Robust Training'"
@@ -117,3 +119,137 @@ def render_report(results: Sequence[dict[str, Any]]) -> str:
     for name, s in sanity:
         parts.append(f"\n**Attack sanity:** {name}: monotone={s.get('monotone_in_eps')}, restart gap={s.get('restart_gap')}")
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- rows for the dashboard
+
+
+def _ci_text(v: float | None, ci: Sequence[float] | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if not ci or any(c is None or (isinstance(c, float) and math.isnan(c)) for c in ci):
+        return _pct(v)
+    return f"{_pct(v)} [{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
+def _paper(table: dict[str, dict[str, float | None]], method: str, key: str) -> str:
+    v = table.get(method, {}).get(key)
+    return "–" if v is None else (_pct(v) if v <= 1.0 else f"{v:g}")
+
+
+def paper_numbers_available() -> bool:
+    """Whether :data:`PAPER_TABLE_I` / :data:`PAPER_TABLE_II` hold any number yet."""
+    return any(v is not None for t in (PAPER_TABLE_I, PAPER_TABLE_II) for d in t.values() for v in d.values())
+
+
+def table_one_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table I as rows (strings, %): clean accuracy and balanced accuracy with 95 % CIs, AUROC, the
+    mean accuracy / balanced accuracy under PGD and each noise, and the paper's values beside them."""
+    rows = []
+    for r in _sorted(results):
+        norm = r.get("params", {}).get("norm", "l2")
+        c, ci, s = r["clean"], r["clean"].get("ci", {}), r["summary"]
+        auroc = c.get("auroc")
+        au_ci = ci.get("auroc")
+        row = {
+            "model": r["name"] + _flag(r),
+            "method": r.get("method", "unknown"),
+            "clean acc % [95% CI]": _ci_text(c["accuracy"], ci.get("accuracy")),
+            "clean bal. acc % [95% CI]": _ci_text(c["balanced_accuracy"], ci.get("balanced_accuracy")),
+            "AUROC [95% CI]": "–" if auroc is None or math.isnan(auroc) else (
+                f"{auroc:.3f}" + (f" [{au_ci[0]:.3f}, {au_ci[1]:.3f}]" if au_ci and not any(map(math.isnan, au_ci)) else "")),
+            f"PGD-{norm.upper()} acc / bal. %": _pair(s.get(f"pgd_{norm}", {"accuracy": None, "balanced_accuracy": None})),
+        }
+        for noise, label in (("gaussian", "Gaussian"), ("salt_and_pepper", "S&P"), ("speckle", "Speckle")):
+            row[f"{label} acc / bal. %"] = _pair(s.get(noise, {"accuracy": None, "balanced_accuracy": None}))
+        m = r.get("method", "")
+        row["paper clean acc %"] = _paper(PAPER_TABLE_I, m, "clean")
+        row["paper PGD acc %"] = _paper(PAPER_TABLE_I, m, "pgd")
+        row["paper noise acc %"] = _paper(PAPER_TABLE_I, m, "noise")
+        rows.append(row)
+    return rows
+
+
+def table_two_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table II as rows: calibration on clean test images, with the paper's values beside them."""
+    rows = []
+    for r in _sorted(results):
+        c = r["calibration"]
+        m = r.get("method", "")
+        rows.append({"model": r["name"] + _flag(r), "method": m, "RMSCE (debiased)": c["rmsce"],
+                     "RMSCE (plug-in)": c["rmsce_plugin"], "ECE (15 bins)": c["ece"], "entropy (nats)": c["entropy"],
+                     "NLL": c["nll"], "Brier": c["brier"], "paper RMSCE": _paper(PAPER_TABLE_II, m, "rmsce"),
+                     "paper entropy": _paper(PAPER_TABLE_II, m, "entropy")})
+    return rows
+
+
+def table_pgd_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accuracy / balanced accuracy (%) with 95 % CI at each PGD radius."""
+    rows = []
+    for r in _sorted(results):
+        norm = r.get("params", {}).get("norm", "l2")
+        row = {"model": r["name"] + _flag(r)}
+        for x in (x for x in r["rows"] if x["perturbation"] == f"pgd_{norm}"):
+            ci = x.get("ci", {})
+            row[f"eps {x['severity']:g} acc %"] = _ci_text(x["accuracy"], ci.get("accuracy"))
+            row[f"eps {x['severity']:g} bal. %"] = _ci_text(x["balanced_accuracy"], ci.get("balanced_accuracy"))
+        rows.append(row)
+    return rows
+
+
+def clinical_reading(results: Sequence[dict[str, Any]]) -> list[str]:
+    """A short, plain-language reading of the results for a clinician (Markdown bullet texts)."""
+    if not results:
+        return []
+    out: list[str] = []
+    res = _sorted(results)
+    usable = [r for r in res if not r.get("degenerate")]
+    bad = [r for r in res if r.get("degenerate")]
+    n_test = res[0].get("n_test")
+    npc = res[0].get("n_per_class") or {}
+    if n_test:
+        per = ", ".join(f"{v} {k}" for k, v in npc.items())
+        out.append(f"All numbers come from **{n_test} held-out test images** ({per}) of patients the models never "
+                   "saw in training. With so few images the 95 % intervals are wide: differences of a few "
+                   "points between models are not evidence that one is better.")
+    out.append("**Accuracy** counts how many images are classified correctly; because the test set holds many "
+               "more COVID-19 than non-COVID images, a model that always says COVID-19 scores high. **Balanced "
+               "accuracy** averages the hit rate of both classes (50 % = guessing), so read it first.")
+    for r in bad:
+        out.append(f"⚠ **{r['name']}** gives the same answer for {100 * r.get('majority_fraction', 1):.0f} % of "
+                   "images. It does not tell patients apart, and its robustness numbers mean nothing.")
+    if usable:
+        best = max(usable, key=lambda r: r["clean"]["balanced_accuracy"])
+        c = best["clean"]
+        out.append(f"On clean images the best model ({best['name']}) finds {100 * c['sensitivity']:.0f} of 100 COVID-19 "
+                   f"cases (sensitivity) and correctly clears {100 * c['specificity']:.0f} of 100 non-COVID cases "
+                   f"(specificity); balanced accuracy {100 * c['balanced_accuracy']:.0f} %.")
+        norm = best.get("params", {}).get("norm", "l2")
+        drops = []
+        for r in usable:
+            pgd_rows = [x for x in r["rows"] if x["perturbation"] == f"pgd_{norm}"]
+            if pgd_rows:
+                drops.append((r, pgd_rows[0]))
+        if drops:
+            parts = [f"{r['name']} {100 * x['balanced_accuracy']:.0f} %" for r, x in drops]
+            out.append(f"A deliberate change of the pixels too small to see (PGD, eps {drops[0][1]['severity']:g}) "
+                       f"moves balanced accuracy to: {', '.join(parts)}. Such attacks need access to the model; "
+                       "they show how fragile the decision is, not how often it fails in a clinic.")
+        noise = []
+        for r in usable:
+            g = [x for x in r["rows"] if x["perturbation"] == "gaussian" and abs(x["severity"] - 0.1) < 1e-9]
+            if g:
+                noise.append(f"{r['name']} {100 * g[0]['balanced_accuracy']:.0f} %")
+        if noise:
+            out.append("Random noise of the kind a poor detector adds (Gaussian, severity 0.1) gives balanced "
+                       f"accuracy {', '.join(noise)}.")
+        cal = min(usable, key=lambda r: r["calibration"]["ece"])
+        out.append(f"**Calibration**: when a model says “90 % sure” it should be right 9 times in 10. The best "
+                   f"calibrated model here is {cal['name']} (expected calibration error "
+                   f"{100 * cal['calibration']['ece']:.1f} points); see the Calibration page.")
+    else:
+        out.append("No model in this result set separates the two classes, so none of its numbers support a "
+                   "clinical conclusion.")
+    out.append("These are research models on a small public data set; they are not medical devices and must not "
+               "guide the care of a patient.")
+    return out

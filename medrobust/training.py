@@ -272,10 +272,10 @@ def train(
         old = TrainConfig.from_dict(json.loads(config_file.read_text()))
         if replace(old, epochs=config.epochs, device=config.device) != replace(config, epochs=config.epochs, device=config.device):
             raise ValueError(f"{run_dir} holds a run with a different config; choose another --out or delete it.")
+    data, split = prepare_data(config, roots, run_dir=run_dir, progress=show_progress)
+    # Written only once the data are known to be usable, so a failed start leaves no stale config.
     atomic_write_text(config_file, json.dumps(config.to_dict(), indent=1))
     log = ProgressLog(run_dir / "progress.jsonl")
-
-    data, split = prepare_data(config, roots, run_dir=run_dir, progress=show_progress)
     split.save(run_dir / "split.json")
     train_set, val_set = data.subset(split.images["train"]), data.subset(split.images["val"])
     device = resolve_device(config.device)
@@ -293,6 +293,9 @@ def train(
     if state_file.is_file():
         saved = _load_state(state_file, model, optimizer, generator)
         start_epoch, history, best = saved.get("epoch", 0), saved.get("history", []), saved.get("best", best)
+        if start_epoch > config.epochs:
+            raise ValueError(f"{run_dir} already holds {start_epoch} epochs, more than the {config.epochs} asked for; "
+                             "ask for at least that many, or use another --out.")
         log.write("resume", epoch=start_epoch)
 
     images = train_set.images.to(device)

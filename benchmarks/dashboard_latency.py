@@ -1,0 +1,123 @@
+"""Stress-test latency of the dashboard's package code (what one slider move costs), p50/p95.
+
+    python benchmarks/dashboard_latency.py [CHECKPOINT_DIR] [--repeats N] [--threads T]
+
+Times, on one image, for the four models of CHECKPOINT_DIR (default $MEDROBUST_CHECKPOINTS, else
+checkpoints/; with no models there, four random-init ResNet-18s at 64 px are used):
+
+* noise change -> four predictions (``run_stress`` without Grad-CAM): target < 150 ms;
+* noise change -> four full cards (predictions + Grad-CAM on the perturbed input);
+* PGD-20 (L2, eps 1 at 224 px) on one image for the four models, each attacked on its own: target < 3 s;
+* one bisection for the smallest flipping eps (one model).
+
+The dashboard runs torch with ``MEDROBUST_TORCH_THREADS`` intra-op threads (default 1); so does this
+script unless --threads says otherwise. Figures depend on what else the machine is doing: the load
+average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _xray(size: int = 256) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    lungs = np.exp(-(((xx - 0.32) / 0.13) ** 2 + ((yy - 0.5) / 0.25) ** 2)) + \
+        np.exp(-(((xx - 0.68) / 0.13) ** 2 + ((yy - 0.5) / 0.25) ** 2))
+    return np.clip(0.75 - 0.45 * lungs + 0.03 * rng.standard_normal((size, size)), 0, 1).astype(np.float32)
+
+
+def _random_set(folder: Path) -> Path:
+    from medrobust.checkpoints import save_checkpoint
+    from medrobust.models import build_model
+
+    for i, m in enumerate(("standard", "robust", "augmix", "robustaugmix")):
+        torch.manual_seed(i)
+        save_checkpoint(folder / f"{m}.safetensors", build_model().eval(), {"name": m, "method": m, "image_size": 64},
+                        dtype=torch.float16)
+    return folder
+
+
+def _timeit(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _report(name: str, times: list[float], target: float | None = None) -> None:
+    p50 = statistics.median(times)
+    p95 = float(np.percentile(times, 95))
+    flag = "" if target is None else ("  OK" if p95 < target else f"  over the {target * 1000:.0f} ms target")
+    print(f"{name:<46} p50 {p50 * 1000:8.1f} ms   p95 {p95 * 1000:8.1f} ms   (n={len(times)}){flag}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", nargs="?", default=os.environ.get("MEDROBUST_CHECKPOINTS", "checkpoints"))
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--pgd-repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("MEDROBUST_TORCH_THREADS", "1")))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from medrobust import stress
+
+    folder = Path(args.checkpoints)
+    tmp = None
+    if not list(folder.glob("*.safetensors")):
+        tmp = tempfile.TemporaryDirectory()
+        folder = _random_set(Path(tmp.name))
+        print(f"(no models in {args.checkpoints}: using four random-init ResNet-18s at 64 px)")
+    ms = stress.load_model_set(folder)
+    ok = ms.ok_models
+    print(f"models: {', '.join(f'{m.name} ({m.image_size} px)' for m in ok)}; torch threads {torch.get_num_threads()}; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    if len(ok) == 0:
+        print("no loadable model")
+        return 1
+    px = _xray()
+    clean = stress.analyse_clean(ms, px, cam_layer="layer3")
+    sev = iter(np.linspace(0.05, 1.0, 10_000))
+
+    _report("noise change -> 4 predictions", _timeit(
+        lambda: stress.run_stress(ms, clean, stress.Perturbation(kind="gaussian", severity=float(next(sev))),
+                                  with_cam=False), args.repeats), target=0.150)
+    _report("noise change -> 4 predictions + Grad-CAMs", _timeit(
+        lambda: stress.run_stress(ms, clean, stress.Perturbation(kind="speckle", severity=float(next(sev)))),
+        args.repeats))
+    _report("new image -> clean analysis (4 models, CAM)", _timeit(
+        lambda: stress.analyse_clean(ms, px, cam_layer="layer3"), max(3, args.repeats // 4)))
+    seeds = iter(range(10_000))
+    _report(f"PGD-20 x {len(ok)} models (own attack)", _timeit(
+        lambda: stress.run_stress(ms, clean, stress.Perturbation(kind="pgd", eps=1.0, steps=20, seed=next(seeds)),
+                                  with_cam=False), args.pgd_repeats), target=3.0)
+    _report(f"PGD-20 transfer from one model to {len(ok)}", _timeit(
+        lambda: stress.run_stress(ms, clean, stress.Perturbation(kind="pgd", eps=1.0, steps=20, mode="transfer",
+                                                                 source=ok[0].name, seed=next(seeds)), with_cam=False),
+        args.pgd_repeats))
+    v = clean.views[ok[0].name]
+    _report("smallest flipping eps, one model (bisection)", _timeit(
+        lambda: stress.smallest_flip_eps(ok[0].model, v.x, label=v.pred, steps=20, seed=next(seeds)), 2))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

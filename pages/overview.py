@@ -1,0 +1,75 @@
+"""Overview: Table I and II of the shipped (and newly trained) models, curves, and a plain reading."""
+
+import pandas as pd
+import streamlit as st
+
+from medrobust import plots, report, resultsets, ui
+
+ui.page_header(
+    "Chest X-ray classifiers under noise and attack",
+    "ResNet-18 trained four ways (standard, PGD-robust, AugMix, RobustAugMix) to tell COVID-19 from other "
+    "findings on public chest X-rays; reproduces Martínez-Martínez & Nabavi, “Addressing Vulnerability in "
+    "Medical Deep Learning through Robust Training”.",
+)
+
+results, sets = ui.pick_results("overview")
+if not results:
+    ui.no_results_message()
+    models = resultsets.discover_models()
+    if models:
+        st.write(f"{len(models)} model checkpoint(s) found in `{resultsets.checkpoints_dir()}`: "
+                 + ", ".join(f"**{m.name}**" for m in models) + ". Try them on the **Stress test** page.")
+    else:
+        st.write(f"No model checkpoints in `{resultsets.checkpoints_dir()}` either: train one on the **Training** "
+                 "page, or set `MEDROBUST_CHECKPOINTS` to a folder holding the four models.")
+    st.page_link("pages/stress_test.py", label="Open the Stress test", icon=":material/science:")
+    st.stop()
+
+ui.degenerate_warnings(results)
+
+st.subheader("What this means for a clinician")
+st.markdown("\n".join(f"- {line}" for line in report.clinical_reading(results)))
+
+st.subheader("Table I — accuracy and balanced accuracy (%)")
+t1 = pd.DataFrame(report.table_one_rows(results))
+if not report.paper_numbers_available():
+    t1 = t1[[c for c in t1.columns if not c.startswith("paper ")]]
+st.dataframe(t1, hide_index=True)
+st.caption(
+    "Clean scores with bootstrap 95 % confidence intervals over test images. The PGD and noise cells are "
+    "accuracy / balanced accuracy averaged over eps 1–5 (L2, stated at 224 px and scaled to the model's size) "
+    "and over severities 0.1–1.0. Balanced accuracy 50 % is chance."
+    + ("" if report.paper_numbers_available() else
+       " The paper's own numbers are not entered in `medrobust.report.PAPER_TABLE_I` yet, so no comparison "
+       "column is shown.")
+)
+
+st.subheader("Accuracy as the perturbation grows")
+st.plotly_chart(plots.robustness_curves(results), key="curves")
+st.caption("Top row accuracy, bottom row balanced accuracy, with 95 % CI bars; x = 0 is the clean test set. "
+           "Dashed lines are degenerate models.")
+
+with st.expander("PGD accuracy at each radius (with 95 % CIs)"):
+    st.dataframe(pd.DataFrame(report.table_pgd_rows(results)), hide_index=True)
+
+st.subheader("Table II — calibration on clean test images")
+t2 = pd.DataFrame(report.table_two_rows(results))
+if not report.paper_numbers_available():
+    t2 = t2[[c for c in t2.columns if not c.startswith("paper ")]]
+st.dataframe(t2, hide_index=True, column_config={
+    c: st.column_config.NumberColumn(format="%.4f") for c in t2.columns if c not in ("model", "method")})
+st.caption("RMSCE (debiased) is Kumar et al.'s estimator clipped at 0; ECE uses 15 equal-width bins; entropy is "
+           "the mean predictive entropy (at most ln 2 ≈ 0.693 nats). Details on the Calibration page.")
+
+with st.expander("Evaluation parameters"):
+    for r in results:
+        p = r.get("params", {})
+        st.markdown(f"**{r['name']}** ({r.get('method')}) — {r.get('n_test')} test images at {r.get('image_size')} px; "
+                    f"PGD {p.get('norm')} {p.get('pgd_steps')} steps, {p.get('restarts')} restart(s); "
+                    f"{p.get('n_boot')} bootstrap resamples; seed {p.get('seed')}; split {r.get('split_hash')}.")
+
+c1, c2 = st.columns(2)
+c1.download_button("Download results (CSV, parameters included)", resultsets.results_csv(results),
+                   file_name="medrobust-results.csv", mime="text/csv", on_click="ignore", key="dl_csv")
+c2.download_button("Download results (JSON)", resultsets.results_json(results),
+                   file_name="medrobust-results.json", mime="application/json", on_click="ignore", key="dl_json")
