@@ -141,6 +141,8 @@ def cmd_train(args) -> int:
     out = args.out or DEFAULT_RUNS / f"{config.method}-{config.preset}-s{config.seed}"
     roots = data_roots(args.data)
     result = train(config, roots=roots, run_dir=out, show_progress=args.progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     val = result.card.get("val_metrics", {})
     print(f"trained {config.method} for {result.card['epochs_done']} epoch(s) in {result.card['train_seconds']:.0f} s; "
           f"val accuracy {val.get('accuracy', float('nan')):.3f}, balanced {val.get('balanced_accuracy', float('nan')):.3f}; "
@@ -154,14 +156,13 @@ def cmd_evaluate(args) -> int:
     from medrobust.data import DataError, check_no_overlap, data_roots, load_dataset, split_by_patient
     from medrobust.checkpoints import CheckpointError, load_checkpoint
     from medrobust.evaluation import EvalConfig, evaluate_model, write_results
-    from medrobust.training import resolve_device
-
-    import torch
+    from medrobust import distributed
 
     targets = [_checkpoint_file(p) for p in args.checkpoints] or [_newest_run()]
     config = EvalConfig(eps=args.eps or EvalConfig.eps, norm=args.norm, pgd_steps=args.steps, restarts=args.restarts,
                         n_boot=args.n_boot, seed=args.seed).validate()
-    device = resolve_device(args.device)
+    dinfo = distributed.setup(args.device)
+    device = dinfo.device
     roots = data_roots(args.data)
     datasets: dict[int, object] = {}
     for ckpt in targets:
@@ -172,7 +173,7 @@ def cmd_evaluate(args) -> int:
             raise CheckpointError(f"{ckpt.name}: its card records no image size (image_size); "
                                   "evaluate models written by `medrobust train` or `export`.") from None
         if size not in datasets:
-            datasets[size] = load_dataset(roots, image_size=size, progress=True)
+            datasets[size] = load_dataset(roots, image_size=size, progress=dinfo.is_main)
         data = datasets[size]
         split_info = card.get("split", {})
         split = split_by_patient(data.records, seed=int(split_info.get("seed", 0)),
@@ -185,10 +186,14 @@ def cmd_evaluate(args) -> int:
         if len(part) == 0:
             raise DataError(f"The {args.part} split is empty.")
         name = card.get("name") or ckpt.stem
-        print(f"evaluating {name} ({card.get('method')}) on {len(part)} {args.part} images at {size} px ...", file=sys.stderr)
+        if dinfo.is_main:
+            print(f"evaluating {name} ({card.get('method')}) on {len(part)} {args.part} images at {size} px ...", file=sys.stderr)
         result = evaluate_model(model, part.images, part.labels, config=config, name=name, card=card,
                                 keys=[r.key for r in part.records], split_hash=split.hash)
         result["part"] = args.part
+        result["world_size"] = dinfo.world
+        if not dinfo.is_main:  # every rank computed the same merged result; rank 0 writes it
+            continue
         paths = write_results(result, args.out)
         flag = "  DEGENERATE (one class for >= 95 % of images)" if result["degenerate"] else ""
         print(f"{name}: clean acc {result['clean']['accuracy']:.3f} (balanced {result['clean']['balanced_accuracy']:.3f}), "
@@ -237,3 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"medrobust {args.command}: interrupted; an interrupted training run resumes from its last epoch.", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from medrobust import __version__
+from medrobust import __version__, distributed
 from medrobust.attacks import autocast_for, pgd, scale_eps
 from medrobust.augmix import AugMixConfig, augmix
 from medrobust.checkpoints import atomic_save_tensors, atomic_write_text, load_checkpoint, save_checkpoint
@@ -179,19 +179,24 @@ class TrainResult:
 
 
 class ProgressLog:
-    """JSON lines a UI can follow: one object per line, each with ``event`` and ``time``."""
+    """JSON lines a UI can follow: one object per line, each with ``event`` and ``time``.
 
-    def __init__(self, path: Path) -> None:
+    ``path=None`` makes a silent log (ranks other than 0 under torchrun).
+    """
+
+    def __init__(self, path: Path | None) -> None:
         self.path = path
 
     def write(self, event: str, **payload: Any) -> None:
+        if self.path is None:
+            return
         line = json.dumps({"event": event, "time": time.time(), **payload}, default=float)
         with open(self.path, "a") as fh:
             fh.write(line + "\n")
             fh.flush()
 
 
-def _state_tensors(model, optimizer, generator) -> dict[str, torch.Tensor]:
+def _state_tensors(model, optimizer, generator, dev_generator=None) -> dict[str, torch.Tensor]:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     for i, group in enumerate(optimizer.param_groups):
         for j, p in enumerate(group["params"]):
@@ -199,10 +204,12 @@ def _state_tensors(model, optimizer, generator) -> dict[str, torch.Tensor]:
             if buf is not None:
                 tensors[f"optim.{i}.{j}"] = buf
     tensors["rng.torch"] = generator.get_state()
+    if dev_generator is not None:
+        tensors["rng.device"] = dev_generator.get_state()
     return tensors
 
 
-def _load_state(path: Path, model, optimizer, generator) -> dict[str, Any]:
+def _load_state(path: Path, model, optimizer, generator, dev_generator=None) -> dict[str, Any]:
     with safe_open(str(path), framework="pt", device="cpu") as fh:
         meta = fh.metadata() or {}
         keys = list(fh.keys())
@@ -213,6 +220,8 @@ def _load_state(path: Path, model, optimizer, generator) -> dict[str, Any]:
                 if key in keys:
                     optimizer.state[p]["momentum_buffer"] = fh.get_tensor(key).to(p.device)
         generator.set_state(fh.get_tensor("rng.torch"))
+        if dev_generator is not None and "rng.device" in keys:
+            dev_generator.set_state(fh.get_tensor("rng.device"))
     return json.loads(meta.get("progress", "{}"))
 
 
@@ -272,26 +281,34 @@ def train(
         old = TrainConfig.from_dict(json.loads(config_file.read_text()))
         if replace(old, epochs=config.epochs, device=config.device) != replace(config, epochs=config.epochs, device=config.device):
             raise ValueError(f"{run_dir} holds a run with a different config; choose another --out or delete it.")
-    data, split = prepare_data(config, roots, run_dir=run_dir, progress=show_progress)
+    dinfo = distributed.setup(config.device)
+    main = dinfo.is_main
+    data, split = prepare_data(config, roots, run_dir=run_dir, progress=show_progress and main)
     # Written only once the data are known to be usable, so a failed start leaves no stale config.
-    atomic_write_text(config_file, json.dumps(config.to_dict(), indent=1))
-    log = ProgressLog(run_dir / "progress.jsonl")
-    split.save(run_dir / "split.json")
+    if main:
+        atomic_write_text(config_file, json.dumps(config.to_dict(), indent=1))
+        split.save(run_dir / "split.json")
+    log = ProgressLog(run_dir / "progress.jsonl" if main else None)
     train_set, val_set = data.subset(split.images["train"]), data.subset(split.images["val"])
-    device = resolve_device(config.device)
+    device = dinfo.device
     torch.manual_seed(config.seed)  # torchvision's init draws from the global RNG
     model = build_model()
     _initialise(model, config.init)
     model = model.to(device).to(memory_format=torch.channels_last)
+    # Under torchrun the loss runs through DDP (gradients averaged over ranks); attacks and
+    # validation use the bare module, which needs no gradient synchronisation.
+    net = torch.nn.parallel.DistributedDataParallel(model) if dinfo.enabled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
+    # ``generator`` orders the data and is identical on every rank; ``dev_generator`` draws flips,
+    # AugMix and PGD starts, and differs per rank.
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    dev_generator = generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(config.seed)
+    dev_generator = torch.Generator(device=device).manual_seed(config.seed + 1 + 1000 * dinfo.rank)
 
     state_file = run_dir / "state.safetensors"
     start_epoch, history, best = 0, [], {"bacc": -1.0, "epoch": -1}
     if state_file.is_file():
-        saved = _load_state(state_file, model, optimizer, generator)
+        saved = _load_state(state_file, model, optimizer, generator, dev_generator if device.type == "cpu" else None)
         start_epoch, history, best = saved.get("epoch", 0), saved.get("history", []), saved.get("best", best)
         if start_epoch > config.epochs:
             raise ValueError(f"{run_dir} already holds {start_epoch} epochs, more than the {config.epochs} asked for; "
@@ -314,7 +331,7 @@ def train(
     t_run = time.time()
     for epoch in range(start_epoch, config.epochs):
         if device.type != "cpu":  # a CUDA generator's state is not checkpointed: reseed per epoch
-            dev_generator.manual_seed(config.seed + 7919 * epoch)
+            dev_generator.manual_seed(config.seed + 1 + 1000 * dinfo.rank + 7919 * epoch)
         eps_px = scale_eps(eps_for_epoch(config, epoch), norm=config.norm, side=config.image_size)
 
         def adversarial(x, y, _eps=eps_px):
@@ -329,18 +346,20 @@ def train(
         t0 = time.time()
         total, correct, seen, loss_sum = 0, 0, 0, 0.0
         bar = None
-        if show_progress:
+        if show_progress and main:
             from tqdm import tqdm
 
             bar = tqdm(total=steps_per_epoch, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
         for step in range(steps_per_epoch):
             idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
+            if dinfo.enabled:  # each rank takes its share of the global batch
+                idx = idx[dinfo.rank :: dinfo.world]
             x = images[idx].float().div_(255.0).contiguous(memory_format=torch.channels_last)
             y = labels[idx]
             if config.flip_augment:
                 flip = torch.rand(x.shape[0], generator=dev_generator, device=device) < 0.5
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-            out = method.loss(model, x, y, class_weight=cw, tools=tools)
+            out = method.loss(net, x, y, class_weight=cw, tools=tools)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"Loss became {float(out.loss)} at epoch {epoch + 1}, step {step + 1}.")
             optimizer.zero_grad(set_to_none=True)
@@ -350,8 +369,8 @@ def train(
             loss_sum += float(out.loss.detach()) * y.shape[0]
             correct += int((out.logits.argmax(1) == y).sum())
             elapsed = time.time() - t0
-            ips = seen / max(elapsed, 1e-9)
-            remaining = (steps_per_epoch - step - 1) * config.batch_size / ips + (config.epochs - epoch - 1) * steps_per_epoch * config.batch_size / ips
+            ips = seen * dinfo.world / max(elapsed, 1e-9)
+            remaining = ((steps_per_epoch - step - 1) + (config.epochs - epoch - 1) * steps_per_epoch) * config.batch_size / ips
             if bar is not None:
                 bar.set_postfix(loss=f"{float(out.loss.detach()):.3f}", img_s=f"{ips:.1f}")
                 bar.update(1)
@@ -366,17 +385,20 @@ def train(
         collapsed = bool(val) and is_collapsed(val)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "eps": eps_for_epoch(config, epoch) if method.uses_pgd else 0.0, "seconds": train_time,
-                  "images_per_s": seen / max(train_time, 1e-9),
+                  "images_per_s": seen * dinfo.world / max(train_time, 1e-9),
                   "val": {k: val[k] for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auroc",
                                               "nll", "majority_fraction") if k in val},
                   "collapsed": collapsed}
         history.append(record)
         if val and val["balanced_accuracy"] >= best["bacc"]:
             best = {"bacc": val["balanced_accuracy"], "epoch": epoch + 1}
-            if config.select == "best_val_bacc":
+            if config.select == "best_val_bacc" and main:
                 atomic_save_tensors(run_dir / "best.safetensors", {k: v for k, v in model.state_dict().items()})
-        atomic_save_tensors(state_file, _state_tensors(model, optimizer, generator),
-                            metadata={"progress": json.dumps({"epoch": epoch + 1, "history": history, "best": best})})
+        if main:
+            atomic_save_tensors(state_file, _state_tensors(model, optimizer, generator,
+                                                           dev_generator if device.type == "cpu" else None),
+                                metadata={"progress": json.dumps({"epoch": epoch + 1, "history": history, "best": best})})
+        distributed.barrier(dinfo)
         log.write("epoch", **record)
         if on_epoch is not None:
             on_epoch(record)
@@ -407,6 +429,7 @@ def train(
         "collapsed": collapsed,
         "train_seconds": sum(h["seconds"] for h in history),
         "device": str(device),
+        "world_size": dinfo.world,
         "medrobust_version": __version__,
         "history": history,
     }
@@ -416,7 +439,9 @@ def train(
                            f"{val['majority_fraction']:.3f}); its robustness numbers are meaningless.")
         log.write("warning", message=card["warning"])
     ckpt = run_dir / "model.safetensors"
-    card = save_checkpoint(ckpt, model, card)
+    if main:
+        card = save_checkpoint(ckpt, model, card)
+    distributed.barrier(dinfo)
     log.write("done", checkpoint=str(ckpt), epochs_done=len(history), collapsed=collapsed,
               wall_seconds=time.time() - t_run, val=val)
     return TrainResult(run_dir=run_dir, checkpoint=ckpt, card=card, history=history)

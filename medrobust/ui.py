@@ -7,7 +7,9 @@ and are shared read-only by every session: they stay in eval mode and are never 
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +24,13 @@ from medrobust.stress import ModelSet, load_model_set
 #: machine shared with a training job, 2 OpenMP threads were starved ~10x worse than 1 (measured).
 TORCH_THREADS = max(1, int(os.environ.get("MEDROBUST_TORCH_THREADS", "1") or 1))
 torch.set_num_threads(TORCH_THREADS)
+
+# pydicom's validation messages quote element values ("Invalid value for VR DA: '19700101x'"); in the
+# dashboard process nothing read from an upload may reach a log, so its logger and warnings are silenced.
+_pydicom_log = logging.getLogger("pydicom")
+_pydicom_log.setLevel(logging.CRITICAL + 1)
+_pydicom_log.propagate = False
+warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
 
 DEGENERATE_TEXT = ("answers one class for {pct:.0f} % of the test images: it does not tell patients apart, so "
                    "its robustness numbers mean nothing (a constant answer cannot be attacked or disturbed).")

@@ -26,7 +26,7 @@ from dashboard_fixtures import (  # noqa: F401 - fixtures
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
 TIMEOUT = 60
-STRESS = "pages/stress_test.py"
+STRESS = "views/stress_test.py"
 
 
 def _app() -> AppTest:
@@ -77,7 +77,7 @@ def test_overview_is_the_landing_page_with_tables_curves_and_warnings(dashboard_
 
 
 def test_calibration_page_shows_a_reliability_diagram_per_model(dashboard_env):
-    at = _page("pages/calibration.py")
+    at = _page("views/calibration.py")
     _no_exception(at)
     charts = at.get("plotly_chart")
     assert len(charts) == 4 + 2  # four reliability diagrams, confidence histograms, entropy
@@ -85,7 +85,7 @@ def test_calibration_page_shows_a_reliability_diagram_per_model(dashboard_env):
 
 
 def test_downloads_page(dashboard_env):
-    at = _page("pages/downloads.py")
+    at = _page("views/downloads.py")
     _no_exception(at)
     assert len(at.get("download_button")) == 2
     assert "No stress test in this session yet" in _texts(at)
@@ -98,7 +98,7 @@ def test_pages_say_what_to_do_when_nothing_is_there(tmp_path, monkeypatch):
     at = _app()
     _no_exception(at)
     assert "No evaluation results yet" in _texts(at)
-    for page in ("pages/calibration.py", "pages/downloads.py", STRESS, "pages/training.py"):
+    for page in ("views/calibration.py", "views/downloads.py", STRESS, "views/training.py"):
         at.switch_page(page).run()
         _no_exception(at)
     at.switch_page(STRESS).run()
@@ -143,6 +143,19 @@ def test_stress_test_png_sliders_and_four_predictions(dashboard_env):
     labels = [b.label for b in at.get("download_button")]
     assert any("snapshot" in l.lower() for l in labels)
     assert at.session_state["stress_snapshot"]["zip"][:2] == b"PK"
+
+
+def test_stress_test_smallest_flipping_eps(dashboard_env):
+    at = _page(STRESS)
+    at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like()), "image/png")).run()
+    at.slider(key="flip_steps").set_value(5).run()
+    at.button(key="find_flip").click().run()
+    _no_exception(at)
+    found = [c.value for c in at.caption if c.value.startswith("Smallest flipping eps:")]
+    assert len(found) == 4 and all(("eps ≈" in f) or ("not flipped" in f) for f in found)
+    assert "Smallest eps that flips each prediction" in _texts(at)
+    snap = at.session_state["stress_snapshot"]["json"]
+    assert '"smallest_flip_eps": [' in snap
 
 
 def test_stress_test_16bit_png_and_colour_jpeg(dashboard_env):
@@ -248,7 +261,7 @@ def test_stress_test_samples_from_a_configured_data_folder(dashboard_env, tmp_pa
 # ----------------------------------------------------------------------------- Training
 
 def test_training_page_is_open_without_a_token_and_refuses_bad_data(dashboard_env, tmp_path):
-    at = _page("pages/training.py")
+    at = _page("views/training.py")
     _no_exception(at)
     assert "Training is open to anyone" in _texts(at)
     assert "No job has run yet" in _texts(at)
@@ -263,7 +276,7 @@ def test_training_page_asks_for_the_admin_token(dashboard_env, monkeypatch, tmp_
 
     monkeypatch.setenv("MEDROBUST_ADMIN_TOKEN", "s3cret-token")
     root = make_covid_root(tmp_path / "data")
-    at = _page("pages/training.py")
+    at = _page("views/training.py")
     assert "open to anyone" not in _texts(at)
     at.text_input(key="admin_token").set_value("wrong")
     at.text_area(key="t_data").set_value(str(root.path))
@@ -288,5 +301,5 @@ def test_app_runs_on_the_shipped_checkpoints(monkeypatch):
     n_files = len(list(shipped.glob("*.safetensors")))
     assert len(_predictions(at)) >= 1
     assert len(_predictions(at)) + len(at.error) == n_files  # a model that fails to load has an error card
-    at.switch_page("pages/calibration.py").run()
+    at.switch_page("views/calibration.py").run()
     _no_exception(at)

@@ -30,4 +30,4 @@ if snap:
                        mime="application/json", on_click="ignore", key="dl_snap_json")
 else:
     st.info("No stress test in this session yet: upload an X-ray on the Stress test page.", icon=":material/info:")
-    st.page_link("pages/stress_test.py", label="Open the Stress test", icon=":material/science:")
+    st.page_link("views/stress_test.py", label="Open the Stress test", icon=":material/science:")

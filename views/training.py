@@ -87,7 +87,7 @@ def job_panel() -> None:
                     st.error(str(exc))
     elif status.state == "done" and job.kind == "evaluate":
         st.success("Evaluation finished: the run's results are now in Overview and Calibration.")
-        st.page_link("pages/overview.py", label="Open the Overview", icon=":material/dashboard:")
+        st.page_link("views/overview.py", label="Open the Overview", icon=":material/dashboard:")
     if status.log_tail:
         with st.expander("Job log (last lines)", expanded=status.state == "failed"):
             st.code(status.log_tail[-3000:], language="text")

@@ -152,8 +152,9 @@ vmax = stress.shared_delta_scale(outcomes)
 cols = st.columns(len(outcomes))
 for i, (col, o) in enumerate(zip(cols, outcomes)):
     with col.container(border=True, key=f"model-card-{i}"):
+        detail = f"{o.image_size} px" if o.name == o.method else f"{o.method}, {o.image_size} px"
         st.markdown(f"<span style='color:{o.colour};font-size:1.3em'>■</span> **{o.name}** "
-                    f"<span style='color:#888'>({o.method}, {o.image_size} px)</span>", unsafe_allow_html=True)
+                    f"<span style='color:#888'>({detail})</span>", unsafe_allow_html=True)
         if not o.ok:
             st.error(o.error, icon=":material/block:")
             continue

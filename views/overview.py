@@ -22,7 +22,7 @@ if not results:
     else:
         st.write(f"No model checkpoints in `{resultsets.checkpoints_dir()}` either: train one on the **Training** "
                  "page, or set `MEDROBUST_CHECKPOINTS` to a folder holding the four models.")
-    st.page_link("pages/stress_test.py", label="Open the Stress test", icon=":material/science:")
+    st.page_link("views/stress_test.py", label="Open the Stress test", icon=":material/science:")
     st.stop()
 
 ui.degenerate_warnings(results)
