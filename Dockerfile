@@ -1,4 +1,18 @@
-# medrobust dashboard, ready to host: docker build -t medrobust . && docker run -p 8501:8501 medrobust
+# medrobust dashboard, ready to host (README, "Hosting (Docker)"):
+#   docker build -t medrobust . && docker run -p 8501:8501 -v medrobust-runs:/app/runs medrobust
+# A much smaller CPU-only image (no CUDA libraries): add --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+# Stage 1: the app's files, made world-readable and read-only whatever their mode in the build
+# context (safetensors writes 0600 files, which the unprivileged user below could not read).
+FROM python:3.11-slim AS app-files
+WORKDIR /src
+COPY app.py ./
+COPY medrobust/ medrobust/
+COPY views/ views/
+COPY .streamlit/ .streamlit/
+COPY checkpoints/ checkpoints/
+RUN chmod -R a+rX,go-w /src
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,16 +25,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # One layer for the dependencies, so code changes do not reinstall torch.
+ARG TORCH_INDEX_URL=
 COPY requirements.txt .
-RUN pip install -r requirements.txt
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r requirements.txt
 
-COPY medrobust/ medrobust/
-COPY pages/ pages/
-COPY app.py .
-COPY .streamlit/ .streamlit/
-COPY checkpoints/ checkpoints/
+COPY --from=app-files /src/ /app/
 
-# Training output goes to a volume owned by the unprivileged user.
+# Training output (runs, jobs, the data cache) goes to a volume owned by the unprivileged user;
+# everything else in /app belongs to root and is read-only to it.
 RUN useradd --uid 1000 --create-home --shell /usr/sbin/nologin medrobust \
     && mkdir -p /app/runs \
     && chown -R 1000:1000 /app/runs

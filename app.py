@@ -10,6 +10,9 @@ multipage layout, and with both present a reload of e.g. /training ran views wit
 
 import streamlit as st
 
+from medrobust.hosting import keep_uploads_in_memory
+
+keep_uploads_in_memory()  # uploads never touch /tmp (Starlette would spool files over 1 MB there)
 st.set_page_config(page_title="medrobust — chest X-ray robustness", page_icon=":material/radiology:", layout="wide")
 
 PAGES = [
@@ -20,4 +23,7 @@ PAGES = [
     st.Page("views/downloads.py", title="Downloads", icon=":material/download:", url_path="downloads"),
 ]
 
+# Overview, Calibration and Downloads never import torch (tested), so the landing page is up in seconds;
+# the Stress test imports it on first use. (Importing it in a background thread was measured to slow the
+# landing page down: the import holds the GIL that the server needs to send the page.)
 st.navigation(PAGES).run()

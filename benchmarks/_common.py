@@ -275,9 +275,14 @@ class Interleaved:
         self.times: dict[str, list[float]] = {}
         self.results: dict[str, Any] = {}
 
-    def run(self, jobs: dict[str, Callable[[], Any]], rounds: int, *, verbose: bool = True) -> None:
+    def run(self, jobs: dict[str, Callable[[], Any]], rounds: int, *, verbose: bool = True,
+            rotate: bool = False) -> None:
+        """``rotate``: start round r with job r (mod len), so no job always runs first."""
         for r in range(rounds):
-            for name, fn in jobs.items():
+            order = list(jobs.items())
+            if rotate:
+                order = order[r % len(order):] + order[: r % len(order)]
+            for name, fn in order:
                 sync(self.device)
                 t = time.perf_counter()
                 out = fn()

@@ -36,7 +36,9 @@ def parse():
     p.add_argument("--eps", default="1,2,3,4,5", help="radii: L2 stated at 224 px; L-inf in units of 1/255")
     p.add_argument("--norms", default="l2,linf")
     p.add_argument("--no-levers", action="store_true", help="skip the lever experiments")
+    p.add_argument("--levers-only", action="store_true", help="run only the lever experiments")
     p.add_argument("--lever-n", type=int, default=16, help="images for the lever experiments")
+    p.add_argument("--lever-rounds", type=int, help="rounds for the lever experiments (default: --rounds)")
     p.add_argument("--try-compile", action="store_true",
                    help="also time torch.compile (compiling ResNet-18 fwd+bwd takes minutes on a small CPU)")
     p.add_argument("--bf16-size", type=int, help="bf16 matmul side (default 2048, 512 where bf16 is emulated)")
@@ -79,7 +81,8 @@ def main() -> None:
     import torchattacks
 
     summary = []
-    for norm in [s.strip() for s in args.norms.split(",") if s.strip()]:
+    norms = [] if args.levers_only else [s.strip() for s in args.norms.split(",") if s.strip()]
+    for norm in norms:
         if norm == "l2":
             eps_px = [scale_eps(e, norm="l2", side=size) for e in eps_stated]
             labels = [f"{e:g} (@224) = {p:.3f} px" for e, p in zip(eps_stated, eps_px)]
@@ -110,8 +113,11 @@ def main() -> None:
                     accs.append(float((peer_model(adv).argmax(1) == y).float().mean()))
             return accs, peer_model.fwd, peer_model.bwd
 
+        section_peaks: list[float] = []
+
         def peak():
-            peaks["fp32"].append(C.matmul_peak(torch.float32, device))
+            section_peaks.append(C.matmul_peak(torch.float32, device))
+            peaks["fp32"].append(section_peaks[-1])
             return None
 
         print(f"\n-- {norm.upper()}: {n} images x {len(eps_px)} radii --")
@@ -130,11 +136,12 @@ def main() -> None:
         print(f"ratio (torchattacks time / ours, median of paired rounds): {ratio:.2f}x")
         flops_o = fwd_o * fwd_f + bwd_o * bwd_f
         flops_p = fwd_p * fwd_f + bwd_p * bwd_f
-        peak32 = max(peaks["fp32"])
+        peak32 = max(section_peaks)  # the load can change during a run: compare within the section
         rate_o = statistics.median([flops_o / t for t in bench.times["ours"]])
         rate_p = statistics.median([flops_p / t for t in bench.times["torchattacks"]])
         print(f"achieved: ours {C.fmt_rate(rate_o)}, torchattacks {C.fmt_rate(rate_p)}; "
-              f"fp32 matmul peak (best of this run) {C.fmt_rate(peak32)}")
+              f"fp32 matmul peak (best of this section's rounds) {C.fmt_rate(peak32)}; "
+              f"ours = {100 * rate_o / peak32:.0f} %, torchattacks = {100 * rate_p / peak32:.0f} % of it")
         print(f"accuracy under attack (clean {clean:.3f}); ours must be <= torchattacks + 0.01:")
         worst = -1.0
         for lab, a, b in zip(labels, acc_o, acc_p):
@@ -142,28 +149,31 @@ def main() -> None:
             print(f"  eps {lab:<22s} ours {a:.3f}  torchattacks {b:.3f}  diff {a - b:+.3f}")
         verdict = "OK" if worst <= 0.01 + 1e-9 else "WEAKER"
         print(f"  max(ours - torchattacks) = {worst:+.3f} -> {verdict}")
-        summary.append((norm, pairs / t_o, pairs / t_p, ratio, rate_o, worst, verdict))
+        summary.append((norm, pairs / t_o, pairs / t_p, ratio, rate_o, worst, verdict, peak32))
 
     # ---- peaks -------------------------------------------------------------------------------------------
+    if args.levers_only:
+        levers(args, model, device, size, x, y, eps_stated, args.lever_rounds or rounds)
+        return
     print("\n-- peaks --")
     t = time.perf_counter()
     peaks["bf16"].append(C.matmul_peak(torch.bfloat16, device, n=bf16_n, reps=2))
     print(f"bf16 matmul {bf16_n}^3: {C.fmt_rate(peaks['bf16'][0])} ({time.perf_counter() - t:.1f} s)"
           + ("  [512^3: 2048^3 in emulated bf16 takes minutes]" if bf16_n != 2048 else ""))
-    peak32 = max(peaks["fp32"])
-    print(f"fp32 matmul 2048^3: {C.fmt_rate(peak32)} (best of {len(peaks['fp32'])}, interleaved with the attacks)")
-    used = peak32 if peak_dtype == torch.float32 else peaks["bf16"][0]
+    print("fp32 matmul 2048^3, per round: " + ", ".join(C.fmt_rate(p) for p in peaks["fp32"])
+          + " (interleaved with the attacks; the spread is the background load)")
     used_name = "fp32" if peak_dtype == torch.float32 else "bf16"
     why = ("this CPU has no native bf16, so our pipeline computes in fp32" if peak_dtype == torch.float32
            else "our pipeline runs bf16 autocast here")
     print(f"relevant peak: {used_name} ({why})")
-    for norm, ips_o, ips_p, ratio, rate_o, worst, verdict in summary:
+    for norm, ips_o, ips_p, ratio, rate_o, worst, verdict, peak32 in summary:
+        used = peak32 if peak_dtype == torch.float32 else peaks["bf16"][0]
         print(f"SUMMARY {norm}: ours {ips_o:.2f} vs torchattacks {ips_p:.2f} image-eps/s = {ratio:.2f}x; "
               f"ours {C.fmt_rate(rate_o)} = {100 * rate_o / used:.0f} % of the {used_name} peak; "
               f"accuracy max(ours - peer) {worst:+.3f} ({verdict})")
 
     if not args.no_levers:
-        levers(args, model, device, size, x, y, eps_stated, rounds)
+        levers(args, model, device, size, x, y, eps_stated, args.lever_rounds or rounds)
 
 
 def levers(args, model, device, size, x, y, eps_stated, rounds) -> None:
@@ -172,7 +182,8 @@ def levers(args, model, device, size, x, y, eps_stated, rounds) -> None:
     eps_px = [scale_eps(e, norm="l2", side=size) for e in eps_stated]
     steps = args.steps
     pairs = n * len(eps_px)
-    print(f"\n-- levers (L2, {n} images x {len(eps_px)} radii, {steps} steps; each vs ours as shipped) --")
+    print(f"\n-- levers (L2, {n} images x {len(eps_px)} radii, {steps} steps; each vs ours as shipped; "
+          f"job order rotated every round) --")
     m_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     jobs = {
         "ours as shipped": lambda: _multi(model, xs, ys, eps_px, steps, "l2", args.seed, device),
@@ -194,7 +205,7 @@ def levers(args, model, device, size, x, y, eps_stated, rounds) -> None:
         jobs[f"threads {alt} (instead of {nt})"] = other_threads
     _multi(m_cl, xs[:2], ys[:2], eps_px[:1], 1, "l2", 0, device)
     bench = C.Interleaved(device)
-    bench.run(jobs, rounds)
+    bench.run(jobs, rounds, rotate=True)
     base = "ours as shipped"
     print(f"{'variant':<30s} {'median s':>9s} {'image-eps/s':>12s} {'time vs shipped':>16s}")
     for name in jobs:

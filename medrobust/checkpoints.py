@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_tensors
 
 from medrobust.models import XrayResNet, build_model
 
@@ -39,32 +39,52 @@ def card_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file.
+
+    On any failure (disk full, read-only folder) the temp file is removed, an existing ``path`` is
+    left as it was, and the OSError names ``path`` (not the temp file).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """A safetensors file written atomically (serialised in memory, then :func:`atomic_write_bytes`)."""
+    data = save_tensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
 
 
 def model_tensors(model: torch.nn.Module, *, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -75,16 +95,24 @@ def model_tensors(model: torch.nn.Module, *, dtype: torch.dtype = torch.float32)
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, card: dict[str, Any], *, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """Write ``path`` (safetensors) and its card; returns the card with ``sha256`` filled in."""
+    """Write ``path`` (safetensors) and its card; returns the card with ``sha256`` filled in.
+
+    The card is written first (it knows the sha256 of the serialised weights), then the weights, each
+    atomically: a process killed in between leaves at worst a card without new weights, never weights
+    without a card or with a card that describes other bytes (on a first save; a resumed run writes
+    the same bytes again).
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"Checkpoint files end in .safetensors, got {path.name}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_tensors(path, model_tensors(model, dtype=dtype), metadata={"format": "medrobust"})
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model_tensors(model, dtype=dtype).items()}
+    data = save_tensors(tensors, metadata={"format": "medrobust"})
     card = dict(card)
     card.update(card_version=CARD_VERSION, weights_file=path.name, weights_dtype=str(dtype).replace("torch.", ""),
-                sha256=sha256_file(path), torch_version=torch.__version__)
+                sha256=hashlib.sha256(data).hexdigest(), torch_version=torch.__version__)
     atomic_write_text(card_path(path), json.dumps(card, indent=1, default=str))
+    atomic_write_bytes(path, data)
     return card
 
 

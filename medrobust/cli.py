@@ -6,6 +6,7 @@ Bad arguments end in one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -224,6 +225,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the folder is on a read-only file system",
+    errno.EACCES: "no permission",
+    errno.EPERM: "no permission",
+}
+
+
+def os_error_text(exc: OSError, *, resumable: bool = False) -> str:
+    """One line for an OSError: what could not be done to which file, why, and what to do."""
+    why = exc.strerror or str(exc)
+    hint = _OS_ERROR_HINTS.get(exc.errno or -1)
+    text = (f"{exc.filename}: " if exc.filename else "") + why + (f" ({hint})" if hint else "")
+    if resumable:
+        text += "; fix that and run the same command again: training resumes from its last complete epoch"
+    return text + "."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -233,11 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return handlers[args.command](args)
-    except (ValueError, DataError, CheckpointError, FileNotFoundError, PermissionError) as exc:
+    except (ValueError, DataError, CheckpointError, FileNotFoundError) as exc:
         print(f"medrobust {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:  # disk full, read-only folder: say so, without a traceback
-        print(f"medrobust {args.command}: error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
+    except OSError as exc:  # disk full, read-only folder: say so in one line, without a traceback
+        print(f"medrobust {args.command}: error: {os_error_text(exc, resumable=args.command == 'train')}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"medrobust {args.command}: interrupted; an interrupted training run resumes from its last epoch.", file=sys.stderr)

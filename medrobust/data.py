@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -250,11 +251,20 @@ def load_dataset(roots: list[Path] | list[str], *, image_size: int, use_cache: b
     images = images[: len(keep)].clone()
     report.kept = len(records)
     report.per_class = Counter(r.label for r in records)
-    if use_cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
+    if use_cache:  # best effort: a full or read-only cache folder costs speed next time, never the run
         tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": images, "keys": [r.key for r in records], "all_keys": all_keys}, tmp)
-        os.replace(tmp, cache)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"images": images, "keys": [r.key for r in records], "all_keys": all_keys}, tmp)
+            os.replace(tmp, cache)
+        except (OSError, RuntimeError) as exc:
+            print(f"medrobust: note: could not write the data cache {cache} ({getattr(exc, 'strerror', None) or exc}); "
+                  "continuing without it.", file=sys.stderr)
+        finally:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
     return Dataset(images=images, labels=torch.tensor([r.label for r in records], dtype=torch.long),
                    records=records, report=report, image_size=image_size, inputs_hash=key)
 
@@ -286,10 +296,9 @@ class Split:
         return split
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        from medrobust.checkpoints import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> "Split":

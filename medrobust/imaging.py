@@ -11,6 +11,7 @@ square, so the crop removes at most a margin of the long side.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -23,6 +24,11 @@ from PIL import Image, UnidentifiedImageError
 MAX_PIXELS = 60_000_000
 #: Largest file we accept, in bytes.
 MAX_FILE_BYTES = 64 * 1024 * 1024
+#: The only raster formats Pillow may open (no EPS/PDF/PSD/... plugins, which widen the attack surface).
+PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
+#: ``to_square`` first cuts the long side to this many times the short one, so a 1 x 100000 strip is
+#: never upsampled into a gigabyte-sized tensor before the centre crop (ordinary X-rays are untouched).
+MAX_ASPECT = 4.0
 
 
 class ImageDecodeError(ValueError):
@@ -83,7 +89,7 @@ def _decode_pil(data: bytes, *, max_pixels: int) -> DecodedImage:
         with warnings.catch_warnings():
             # Pillow warns (and errors at 2x) on large images; we enforce our own, lower cap below.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageDecodeError(
@@ -103,9 +109,14 @@ def _decode_pil(data: bytes, *, max_pixels: int) -> DecodedImage:
         raise ImageDecodeError(
             "The file is not a readable PNG, JPEG or DICOM image (it may be truncated or corrupt)."
         ) from exc
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)
-    arr, depth = _grey_from_pil(img)
+    try:
+        arr, depth = _grey_from_pil(img)
+    except ImageDecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, KeyError) as exc:
+        raise ImageDecodeError(f"The {fmt} image uses a pixel format that cannot be read as a grey image.") from exc
+    if arr.ndim != 2 or arr.size == 0:
+        raise ImageDecodeError(f"The {fmt} image is not a 2-D picture.")
     if not np.isfinite(arr).all():
         arr = np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0)
     return DecodedImage(pixels=np.clip(arr, 0.0, 1.0).astype(np.float32), format=fmt, bit_depth=depth)
@@ -159,6 +170,15 @@ def to_square(pixels: np.ndarray | torch.Tensor, *, size: int) -> torch.Tensor:
     if t.ndim != 2:
         raise ValueError(f"Expected a 2-D grey image, got shape {tuple(t.shape)}.")
     h, w = t.shape
+    if h < 1 or w < 1:
+        raise ValueError(f"Expected a non-empty image, got shape {tuple(t.shape)}.")
+    if max(h, w) > MAX_ASPECT * min(h, w):  # cut an extreme strip before it is upsampled
+        keep = int(math.ceil(MAX_ASPECT * min(h, w)))
+        if h > w:
+            t = t[(h - keep) // 2 : (h - keep) // 2 + keep]
+        else:
+            t = t[:, (w - keep) // 2 : (w - keep) // 2 + keep]
+        h, w = t.shape
     scale = size / min(h, w)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
     t = F.interpolate(t[None, None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)[0]

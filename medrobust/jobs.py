@@ -254,6 +254,13 @@ class JobManager:
         """Start ``command`` in its own session; refuses while another job runs or the token is wrong."""
         if not check_token(token):
             raise JobError("The admin token is wrong; launching jobs needs the token set in MEDROBUST_ADMIN_TOKEN.")
+        try:
+            return self._launch(command, kind=kind, run_dir=run_dir, data=data, cwd=cwd, label=label)
+        except OSError as exc:  # a read-only or full runs volume: say so instead of a traceback
+            raise JobError(f"Cannot write the jobs folder {self.folder}: {exc.strerror or exc}.") from None
+
+    def _launch(self, command: Sequence[str], *, kind: str, run_dir: str | Path, data: Sequence[str | Path],
+                cwd: str | Path | None, label: str) -> Job:
         with self._locked():
             cur = self.current()
             if cur is not None and self.is_alive(cur):

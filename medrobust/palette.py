@@ -16,6 +16,9 @@ METHOD_COLOURS: dict[str, str] = {
     "augmix": "#009E73",  # bluish green
     "robustaugmix": "#CC79A7",  # reddish purple
 }
+#: The four method names in registry order, without importing torch (the dashboard's landing page
+#: must come up fast); equal to ``tuple(medrobust.methods.METHODS)`` (tested).
+METHOD_ORDER: tuple[str, ...] = tuple(METHOD_COLOURS)
 EXTRA_COLOURS: tuple[str, ...] = ("#E69F00", "#56B4E9", "#8C6D1F", "#000000", "#F0E442", "#7F7F7F")
 UNKNOWN_COLOUR = "#7F7F7F"
 

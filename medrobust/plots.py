@@ -157,8 +157,8 @@ def loss_figure(steps: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]
     """Training loss per logged step, and mean loss per epoch."""
     fig = go.Figure()
     if steps:
-        fig.add_trace(go.Scatter(x=[s["step"] for s in steps], y=[s["loss"] for s in steps], mode="lines",
-                                 name="loss (step)", line=dict(color=rgba(colour, 0.5), width=1)))
+        fig.add_trace(go.Scatter(x=[s["step"] for s in steps], y=[s["loss"] for s in steps], mode="lines+markers",
+                                 name="loss (step)", line=dict(color=rgba(colour, 0.5), width=1), marker=dict(size=4)))
     if epochs:
         spe = max(1, max((s["step"] for s in steps), default=1) // max(1, len(epochs))) if steps else 1
         fig.add_trace(go.Scatter(x=[e["epoch"] * spe for e in epochs], y=[e.get("train_loss") for e in epochs],

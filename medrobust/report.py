@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from medrobust.methods import METHODS
+from medrobust.palette import METHOD_ORDER as METHODS  # the registry's names, without importing torch
 
 #: The paper's reported numbers, filled where known (None = not reported / not found), per method.
 #: Keys read by the dashboard: Table I "clean", "pgd", "noise" (accuracy as a fraction);
@@ -140,9 +140,24 @@ def _paper(table: dict[str, dict[str, float | None]], method: str, key: str) -> 
     return "–" if v is None else (_pct(v) if v <= 1.0 else f"{v:g}")
 
 
-def paper_numbers_available() -> bool:
-    """Whether :data:`PAPER_TABLE_I` / :data:`PAPER_TABLE_II` hold any number yet."""
-    return any(v is not None for t in (PAPER_TABLE_I, PAPER_TABLE_II) for d in t.values() for v in d.values())
+def _paper_value(table: dict[str, dict[str, float | None]], method: str, key: str) -> float:
+    v = table.get(method, {}).get(key)
+    return math.nan if v is None else float(v)
+
+
+def drop_empty_paper_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Remove the "paper …" columns that hold no number for any row."""
+    def empty(v: Any) -> bool:
+        return v is None or v == "–" or (isinstance(v, float) and math.isnan(v))
+
+    keep = {k for r in rows for k, v in r.items() if not k.startswith("paper ") or not empty(v)}
+    return [{k: v for k, v in r.items() if k in keep} for r in rows]
+
+
+def paper_numbers_available(table: str | None = None) -> bool:
+    """Whether :data:`PAPER_TABLE_I` (``table="I"``), :data:`PAPER_TABLE_II` (``"II"``) or either holds a number."""
+    tables = {"I": (PAPER_TABLE_I,), "II": (PAPER_TABLE_II,), None: (PAPER_TABLE_I, PAPER_TABLE_II)}[table]
+    return any(v is not None for t in tables for d in t.values() for v in d.values())
 
 
 def table_one_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -181,8 +196,8 @@ def table_two_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         m = r.get("method", "")
         rows.append({"model": r["name"] + _flag(r), "method": m, "RMSCE (debiased)": c["rmsce"],
                      "RMSCE (plug-in)": c["rmsce_plugin"], "ECE (15 bins)": c["ece"], "entropy (nats)": c["entropy"],
-                     "NLL": c["nll"], "Brier": c["brier"], "paper RMSCE": _paper(PAPER_TABLE_II, m, "rmsce"),
-                     "paper entropy": _paper(PAPER_TABLE_II, m, "entropy")})
+                     "NLL": c["nll"], "Brier": c["brier"], "paper RMSCE": _paper_value(PAPER_TABLE_II, m, "rmsce"),
+                     "paper entropy": _paper_value(PAPER_TABLE_II, m, "entropy")})
     return rows
 
 

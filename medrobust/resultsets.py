@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from medrobust.evaluation import long_rows
-from medrobust.methods import METHODS
+from medrobust.palette import METHOD_ORDER as METHODS  # names only: this module must not import torch
 
 ENV_CHECKPOINTS = "MEDROBUST_CHECKPOINTS"
 ENV_RESULTS = "MEDROBUST_RESULTS"
@@ -238,6 +237,8 @@ def results_csv(results: Sequence[dict[str, Any]]) -> str:
     The evaluation parameters (norm, steps, restarts, bootstrap resamples, seed, image size, split
     hash) are repeated on every line so the file stands alone.
     """
+    from medrobust.evaluation import long_rows
+
     buf = io.StringIO()
     fields = ["model", "method", "perturbation", "severity", "metric", "value", "ci_low", "ci_high",
               "degenerate", "image_size", "n_test", "norm", "pgd_steps", "restarts", "n_boot", "seed",

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -100,10 +101,48 @@ class ModelSet:
 
 
 def _freeze(model: XrayResNet) -> XrayResNet:
-    """Eval mode and no parameter gradients, once, before the model is shared."""
+    """Eval mode, no parameter gradients and channels-last weights, once, before the model is shared.
+
+    Channels-last halved the CPU time of a single 64 px image here (forward 11 vs 20 ms, forward +
+    backward 30 vs 58 ms, one thread).
+    """
     model.eval()
     model.requires_grad_(False)
-    return model
+    return model.to(memory_format=torch.channels_last)
+
+
+_POOL = None
+
+
+def _pmap(fn, items: Sequence[Any], *, on_done=None) -> list[Any]:
+    """``[fn(i) for i in items]`` on a small thread pool (torch releases the GIL inside its kernels).
+
+    The models are shared read-only, so attacking four models at once is safe; with one intra-op
+    thread each, this uses the machine's cores across models. Results keep the input order and
+    every task seeds its own generator, so the outcome does not depend on scheduling.
+    ``on_done(k, n)`` is called in the calling thread as tasks finish.
+    """
+    global _POOL
+    items = list(items)
+    n = len(items)
+    if n <= 1 or (os.cpu_count() or 1) <= 1:
+        out = []
+        for k, i in enumerate(items):
+            out.append(fn(i))
+            if on_done is not None:
+                on_done(k + 1, n)
+        return out
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="medrobust-stress")
+    from concurrent.futures import as_completed
+
+    futures = [_POOL.submit(fn, i) for i in items]
+    for k, _ in enumerate(as_completed(futures)):
+        if on_done is not None:
+            on_done(k + 1, n)
+    return [f.result() for f in futures]
 
 
 def load_model_set(folder: str | Path | None = None, *, extra: Sequence[ModelFile] = (),
@@ -328,6 +367,12 @@ def run_stress(model_set: ModelSet, clean: CleanState, pert: Perturbation, *, wi
         sv = clean.views[src.name]
         x_src = attack(src.model, sv.x, sv.pred, eps=pert.eps, steps=pert.steps, seed=pert.seed)
         transferred[src.image_size] = x_src
+    attacked: dict[str, torch.Tensor] = {}
+    if pert.kind == "pgd" and pert.mode == "own":
+        todo = [m for m in model_set.ok_models if m.name in clean.views]
+        advs = _pmap(lambda m: attack(m.model, clean.views[m.name].x, clean.views[m.name].pred, eps=pert.eps,
+                                      steps=pert.steps, seed=pert.seed), todo)
+        attacked = {m.name: a for m, a in zip(todo, advs)}
     for m in model_set.models:
         out = Outcome(name=m.name, method=m.method, colour=m.colour, image_size=m.image_size, error=m.error,
                       warning=m.collapsed_warning)
@@ -344,7 +389,7 @@ def run_stress(model_set: ModelSet, clean: CleanState, pert: Perturbation, *, wi
                 noisy[m.image_size] = add_noise(x, pert.kind, pert.severity, pert.seed)
             xp = noisy[m.image_size]
         elif pert.mode == "own":
-            xp = attack(m.model, x, v.pred, eps=pert.eps, steps=pert.steps, seed=pert.seed)
+            xp = attacked[m.name]
             out.eps_pixels = scale_eps(pert.eps, norm="l2", side=m.image_size)
         else:
             src_x = next(iter(transferred.values()))
@@ -438,18 +483,16 @@ def smallest_flip_eps(model: XrayResNet, x: torch.Tensor, *, label: int | None =
 
 def flip_search_all(model_set: ModelSet, clean: CleanState, *, steps: int = 20, seed: int = 0,
                     max_eps: float = MAX_EPS, tol: float = 0.05, on_model=None) -> list[FlipSearch]:
-    """:func:`smallest_flip_eps` for every model; ``on_model(i, n, name)`` is called before each."""
-    out = []
-    for i, m in enumerate(model_set.models):
-        if on_model is not None:
-            on_model(i, len(model_set.models), m.name)
+    """:func:`smallest_flip_eps` for every model, in parallel; ``on_model(done, n)`` reports progress from
+    the calling thread (so a Streamlit page may update a progress bar in it)."""
+    def one(m: LoadedModel) -> FlipSearch:
         if not m.ok or m.name not in clean.views:
-            out.append(FlipSearch(m.name, None, None, max_eps, 0, 0.0, error=m.error or "not loaded"))
-            continue
+            return FlipSearch(m.name, None, None, max_eps, 0, 0.0, error=m.error or "not loaded")
         v = clean.views[m.name]
-        out.append(smallest_flip_eps(m.model, v.x, label=v.pred, max_eps=max_eps, steps=steps, tol=tol, seed=seed,
-                                     name=m.name))
-    return out
+        return smallest_flip_eps(m.model, v.x, label=v.pred, max_eps=max_eps, steps=steps, tol=tol, seed=seed,
+                                 name=m.name)
+
+    return _pmap(one, model_set.models, on_done=on_model)
 
 
 # --------------------------------------------------------------------------- pictures (numpy only)
@@ -493,13 +536,13 @@ def cam_is_flat(cam: np.ndarray | None) -> bool:
     return cam is None or float(np.ptp(cam)) < 1e-6
 
 
-def cam_overlay(x: np.ndarray, cam: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
+def cam_overlay(x: np.ndarray, cam: np.ndarray | None, alpha: float = 0.6) -> np.ndarray:
     """The image in grey with the Grad-CAM heat map (inferno) blended on top."""
     base = grey_rgb(x).astype(np.float64)
     if cam_is_flat(cam):  # no spatial information to show
         return base.astype(np.uint8)
     heat = _colormap(cam, _CAM_ANCHORS).astype(np.float64)
-    a = alpha * np.clip(cam, 0, 1)[..., None] ** 0.5
+    a = alpha * np.clip(cam, 0, 1)[..., None]
     return ((1 - a) * base + a * heat).round().clip(0, 255).astype(np.uint8)
 
 

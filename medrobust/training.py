@@ -190,9 +190,13 @@ class ProgressLog:
     def write(self, event: str, **payload: Any) -> None:
         if self.path is None:
             return
-        line = json.dumps({"event": event, "time": time.time(), **payload}, default=float)
-        with open(self.path, "a") as fh:
-            fh.write(line + "\n")
+        line = json.dumps({"event": event, "time": time.time(), **payload}, default=float) + "\n"
+        with open(self.path, "a+b") as fh:
+            if fh.seek(0, os.SEEK_END) > 0:  # a run killed mid-line left a torn last line: start a new one
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
+            fh.write(line.encode("utf-8"))
             fh.flush()
 
 
@@ -223,6 +227,25 @@ def _load_state(path: Path, model, optimizer, generator, dev_generator=None) -> 
         if dev_generator is not None and "rng.device" in keys:
             dev_generator.set_state(fh.get_tensor("rng.device"))
     return json.loads(meta.get("progress", "{}"))
+
+
+def _remove_stale_temps(run_dir: Path) -> None:
+    """Delete the temp files (``.NAME.tmpPID``) of writers that were killed mid-write (their pid is gone)."""
+    for tmp in run_dir.glob(".*.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # that writer is still alive
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def _initialise(model, init: str | None) -> None:
@@ -276,6 +299,7 @@ def train(
     method = get_method(config.method)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(run_dir)
     config_file = run_dir / "config.json"
     if config_file.is_file():
         old = TrainConfig.from_dict(json.loads(config_file.read_text()))
@@ -308,7 +332,11 @@ def train(
     state_file = run_dir / "state.safetensors"
     start_epoch, history, best = 0, [], {"bacc": -1.0, "epoch": -1}
     if state_file.is_file():
-        saved = _load_state(state_file, model, optimizer, generator, dev_generator if device.type == "cpu" else None)
+        try:
+            saved = _load_state(state_file, model, optimizer, generator, dev_generator if device.type == "cpu" else None)
+        except Exception as exc:  # written atomically, so only outside damage gets here
+            raise ValueError(f"{state_file} cannot be read ({type(exc).__name__}); delete it to restart this run "
+                             "from scratch.") from None
         start_epoch, history, best = saved.get("epoch", 0), saved.get("history", []), saved.get("best", best)
         if start_epoch > config.epochs:
             raise ValueError(f"{run_dir} already holds {start_epoch} epochs, more than the {config.epochs} asked for; "

@@ -11,19 +11,26 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import streamlit as st
-import torch
 
 from medrobust import resultsets
-from medrobust.stress import ModelSet, load_model_set
+
+if TYPE_CHECKING:
+    from medrobust.stress import ModelSet
 
 #: Intra-op threads for the dashboard process (``MEDROBUST_TORCH_THREADS``, default 1). Single images are
 #: too small to gain from more, each browser session already runs in its own thread, and on a small
 #: machine shared with a training job, 2 OpenMP threads were starved ~10x worse than 1 (measured).
 TORCH_THREADS = max(1, int(os.environ.get("MEDROBUST_TORCH_THREADS", "1") or 1))
-torch.set_num_threads(TORCH_THREADS)
+
+
+def _configure_torch() -> None:
+    import torch  # imported here, not at the top: Overview, Calibration and Downloads never need torch
+
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
 
 # pydicom's validation messages quote element values ("Invalid value for VR DA: '19700101x'"); in the
 # dashboard process nothing read from an upload may reach a log, so its logger and warnings are silenced.
@@ -37,14 +44,17 @@ DEGENERATE_TEXT = ("answers one class for {pct:.0f} % of the test images: it doe
 
 
 @st.cache_resource(show_spinner="Loading models…", max_entries=4)
-def _model_set(folder: str, extra: tuple[str, ...], signature: tuple) -> ModelSet:
+def _model_set(folder: str, extra: tuple[str, ...], signature: tuple) -> "ModelSet":
+    from medrobust.stress import load_model_set
+
     del signature  # only part of the cache key
     extra_files = [m for m in resultsets.discover_run_models() if str(m.path) in set(extra)]
     return load_model_set(folder, extra=extra_files)
 
 
-def model_set(extra_runs: Sequence[str] = ()) -> ModelSet:
+def model_set(extra_runs: Sequence[str] = ()) -> "ModelSet":
     """The shipped model set (``$MEDROBUST_CHECKPOINTS``) plus the chosen finished runs, cached per process."""
+    _configure_torch()
     folder = resultsets.checkpoints_dir()
     files = resultsets.discover_models(folder) + [m for m in resultsets.discover_run_models()
                                                   if str(m.path) in set(extra_runs)]

@@ -136,6 +136,21 @@ def dicom_bytes(arr: np.ndarray, *, monochrome1: bool = False, with_pixels: bool
     return buf.getvalue()
 
 
+def compressed_dicom_bytes(arr: np.ndarray) -> bytes:
+    """A DICOM whose pixel data claim JPEG 2000 (encapsulated, undecodable here)."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(arr)))
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 @pytest.fixture()
 def broken_checkpoints(tiny_checkpoints, tmp_path) -> Path:
     """A copy of the tiny set whose ``robust`` weights no longer match their card's sha256."""

@@ -94,7 +94,7 @@ class StreamlitSession:
         protocols = [Subprotocol("streamlit")] + ([Subprotocol(self.xsrf)] if self.xsrf else [])
         self.ws = connect(f"ws://{self.host}:{self.port}/_stcore/stream", subprotocols=protocols,
                           additional_headers={"Cookie": f"{XSRF_COOKIE}={self.xsrf}"} if self.xsrf else None,
-                          max_size=None, open_timeout=timeout, close_timeout=5)
+                          max_size=None, open_timeout=timeout, close_timeout=5, legacy=True)
         self.session_id: str | None = None
         self.widgets: dict[str, WidgetState] = {}
         self.page_name = ""

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import (  # noqa: F401 - fixtures
     broken_checkpoints,
+    compressed_dicom_bytes,
     dashboard_env,
     dicom_bytes,
     png_bytes,
@@ -66,8 +67,8 @@ def test_overview_is_the_landing_page_with_tables_curves_and_warnings(dashboard_
     assert len(at.dataframe) >= 2
     t1 = at.dataframe[0].value
     assert list(t1["method"]) == ["standard", "robust", "augmix", "robustaugmix"]
-    assert "clean bal. acc % [95% CI]" in t1.columns and "clean acc % [95% CI]" in t1.columns
-    assert all("[" in v for v in t1["clean acc % [95% CI]"])  # CIs shown
+    assert "clean bal. acc [95% CI]" in t1.columns and "clean acc [95% CI]" in t1.columns
+    assert all("[" in v for v in t1["clean acc [95% CI]"])  # CIs shown
     # robustaugmix was evaluated with a constant model: flagged, with a visible warning.
     assert any("robustaugmix" in w.value and "mean nothing" in w.value for w in at.warning)
     assert "What this means for a clinician" in text and "Balanced accuracy" in text
@@ -217,6 +218,7 @@ BAD_FILES = {
     "not an image": ("notes.png", b"hello, this is text, not an X-ray\n" * 20, "not a readable"),
     "bomb": ("bomb.png", _bomb_png(), "pixels"),
     "dicom without pixels": ("nopix.dcm", dicom_bytes(xray_like(32), with_pixels=False), "no pixel data"),
+    "compressed dicom": ("j2k.dcm", compressed_dicom_bytes(xray_like(32)), "compressed transfer syntax"),
 }
 
 

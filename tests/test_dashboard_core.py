@@ -400,3 +400,39 @@ def test_plots_use_one_colour_per_model_everywhere(tiny_checkpoints):
     assert any("degenerate" in (tr.name or "") for tr in curves.data)
     plots.confidence_histograms(results)
     plots.entropy_figure(results)
+
+
+def test_the_landing_page_modules_do_not_import_torch():
+    import subprocess
+
+    code = ("import sys; import medrobust.report, medrobust.resultsets, medrobust.plots, medrobust.palette; "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]"
+
+
+def test_palette_names_the_registry_methods_in_order():
+    from medrobust.methods import METHODS
+    from medrobust.palette import METHOD_COLOURS, METHOD_ORDER
+
+    assert METHOD_ORDER == tuple(METHODS) == tuple(METHOD_COLOURS)
+
+
+def test_table_rows_for_the_dashboard(tiny_checkpoints, monkeypatch):
+    from medrobust import report
+
+    results, _ = resultsets.read_result_folder(tiny_checkpoints / "results")
+    t1 = report.table_one_rows(results)
+    assert [r["method"] for r in t1] == ["standard", "robust", "augmix", "robustaugmix"]
+    assert t1[-1]["model"].endswith("DEGENERATE")
+    monkeypatch.setattr(report, "PAPER_TABLE_I", {"robust": {"clean": 0.9596}})
+    monkeypatch.setattr(report, "PAPER_TABLE_II", {})
+    t1 = report.drop_empty_paper_columns(report.table_one_rows(results))
+    assert "paper clean acc" in t1[0] and "paper PGD acc" not in t1[0]
+    assert t1[1]["paper clean acc"] == "96.0" and t1[0]["paper clean acc"] == "–"
+    t2 = report.drop_empty_paper_columns(report.table_two_rows(results))
+    assert not any(k.startswith("paper") for k in t2[0])
+    assert report.paper_numbers_available("I") and not report.paper_numbers_available("II")
+    text = " ".join(report.clinical_reading(results))
+    assert "robustaugmix" in text and "Balanced accuracy" in text and "not medical devices" in text

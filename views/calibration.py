@@ -34,8 +34,6 @@ with right:
                "Near 0 = always sure, ln 2 = always undecided.")
 
 st.subheader("Table II")
-t2 = pd.DataFrame(report.table_two_rows(results))
-if not report.paper_numbers_available():
-    t2 = t2[[c for c in t2.columns if not c.startswith("paper ")]]
+t2 = pd.DataFrame(report.drop_empty_paper_columns(report.table_two_rows(results)))
 st.dataframe(t2, hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="%.4f") for c in t2.columns if c not in ("model", "method")})

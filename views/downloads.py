@@ -11,10 +11,10 @@ results, sets = ui.pick_results("downloads")
 if results:
     st.write(f"{len(results)} model result(s): " + ", ".join(r["name"] for r in results))
     c1, c2 = st.columns(2)
-    c1.download_button("Results (CSV, long format, parameters on every line)", resultsets.results_csv(results),
+    c1.download_button("Results (CSV, long format, parameters on every line)", lambda: resultsets.results_csv(results),
                        file_name="medrobust-results.csv", mime="text/csv", on_click="ignore", key="dl_csv")
     c2.download_button("Results (JSON, everything incl. parameters and predictions)",
-                       resultsets.results_json(results), file_name="medrobust-results.json",
+                       lambda: resultsets.results_json(results), file_name="medrobust-results.json",
                        mime="application/json", on_click="ignore", key="dl_json")
 else:
     ui.no_results_message()

@@ -31,15 +31,14 @@ st.subheader("What this means for a clinician")
 st.markdown("\n".join(f"- {line}" for line in report.clinical_reading(results)))
 
 st.subheader("Table I — accuracy and balanced accuracy (%)")
-t1 = pd.DataFrame(report.table_one_rows(results))
-if not report.paper_numbers_available():
-    t1 = t1[[c for c in t1.columns if not c.startswith("paper ")]]
+t1 = pd.DataFrame(report.drop_empty_paper_columns(report.table_one_rows(results)))
 st.dataframe(t1, hide_index=True)
 st.caption(
     "Clean scores with bootstrap 95 % confidence intervals over test images. The PGD and noise cells are "
     "accuracy / balanced accuracy averaged over eps 1–5 (L2, stated at 224 px and scaled to the model's size) "
     "and over severities 0.1–1.0. Balanced accuracy 50 % is chance."
-    + ("" if report.paper_numbers_available() else
+    + (" The paper's columns show its reported values where known (`medrobust.report.PAPER_TABLE_I`)."
+       if report.paper_numbers_available("I") else
        " The paper's own numbers are not entered in `medrobust.report.PAPER_TABLE_I` yet, so no comparison "
        "column is shown.")
 )
@@ -53,9 +52,7 @@ with st.expander("PGD accuracy at each radius (with 95 % CIs)"):
     st.dataframe(pd.DataFrame(report.table_pgd_rows(results)), hide_index=True)
 
 st.subheader("Table II — calibration on clean test images")
-t2 = pd.DataFrame(report.table_two_rows(results))
-if not report.paper_numbers_available():
-    t2 = t2[[c for c in t2.columns if not c.startswith("paper ")]]
+t2 = pd.DataFrame(report.drop_empty_paper_columns(report.table_two_rows(results)))
 st.dataframe(t2, hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="%.4f") for c in t2.columns if c not in ("model", "method")})
 st.caption("RMSCE (debiased) is Kumar et al.'s estimator clipped at 0; ECE uses 15 equal-width bins; entropy is "
@@ -69,7 +66,7 @@ with st.expander("Evaluation parameters"):
                     f"{p.get('n_boot')} bootstrap resamples; seed {p.get('seed')}; split {r.get('split_hash')}.")
 
 c1, c2 = st.columns(2)
-c1.download_button("Download results (CSV, parameters included)", resultsets.results_csv(results),
+c1.download_button("Download results (CSV, parameters included)", lambda: resultsets.results_csv(results),
                    file_name="medrobust-results.csv", mime="text/csv", on_click="ignore", key="dl_csv")
-c2.download_button("Download results (JSON)", resultsets.results_json(results),
+c2.download_button("Download results (JSON)", lambda: resultsets.results_json(results),
                    file_name="medrobust-results.json", mime="application/json", on_click="ignore", key="dl_json")

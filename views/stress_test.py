@@ -5,10 +5,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from medrobust import plots, resultsets, stress, ui
-from medrobust.imaging import ImageDecodeError, decode_image
+from medrobust import resultsets, ui
 
 ui.page_header("Stress test", "Upload one chest X-ray, disturb it, and see how each model's answer moves.")
+
+with st.spinner("Loading PyTorch…"):  # the first visit in a server process imports torch (seconds)
+    from medrobust import plots, stress
+    from medrobust.imaging import ImageDecodeError, decode_image
 
 # ----------------------------------------------------------------------------- models
 run_models = resultsets.discover_run_models()
@@ -139,7 +142,7 @@ if find_flip and memo.get(flip_key) is None:
     bar = st.progress(0.0, text="Searching the smallest flipping eps…")
     memo.put(flip_key, stress.flip_search_all(
         model_set, clean, steps=flip_steps, seed=seed,
-        on_model=lambda i, n, name: bar.progress(i / n, text=f"Searching the smallest flipping eps: {name} ({i + 1}/{n})")))
+        on_model=lambda k, n: bar.progress(k / n, text=f"Searching the smallest flipping eps: {k}/{n} models done")))
     bar.empty()
 flips = memo.get(flip_key)
 flip_by_name = {f.name: f for f in flips} if flips else {}
