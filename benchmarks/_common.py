@@ -296,6 +296,13 @@ class Interleaved:
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
 
+    def best(self, name: str) -> float:
+        return min(self.times[name])
+
+    def ratio_best(self, slow: str, fast: str) -> float:
+        """best(slow) / best(fast): background load only ever adds time, so the minimum is the cleanest."""
+        return self.best(slow) / self.best(fast)
+
     def ratio(self, slow: str, fast: str) -> float:
         """Median over rounds of time(slow) / time(fast), paired round by round."""
         return statistics.median(a / b for a, b in zip(self.times[slow], self.times[fast]))

@@ -194,6 +194,18 @@ class StreamlitSession:
             uploaded_file_info=[UploadedFileInfo(name=name, size=len(data), file_id=urls.file_id, file_urls=urls)]))
         return self.run(timeout=timeout)
 
+    def set_values(self, values: dict[str, str | float], **kw) -> Page:
+        """Set several widgets by key in one rerun: a str for a radio/selectbox label, a float for a slider."""
+        for key, value in values.items():
+            wid = self.last.widget_id(key)
+            ws = WidgetState(id=wid)
+            if isinstance(value, str):
+                ws.string_value = value
+            else:
+                ws.double_array_value.data[:] = [float(value)]
+            self.widgets[wid] = ws
+        return self.run(**kw)
+
     def set_radio(self, key: str, label: str, **kw) -> Page:
         wid = self.last.widget_id(key)
         self.widgets[wid] = WidgetState(id=wid, string_value=label)

@@ -438,3 +438,21 @@ def test_a_sample_of_the_corpus_through_the_real_page(dashboard_env):
         if errors:
             assert errors[0].startswith("This file cannot be used:") and "could not be read as an image" not in errors[0], \
                 (name, errors)  # the decoder's own message, not the page's last-resort catch-all
+
+
+@pytest.mark.parametrize("shape", [(1, 100_000), (100_000, 1), (10, 10_000), (3, 2_000_000)])
+def test_extreme_strips_are_cut_before_they_are_resized(shape):
+    """A 1 x 100000 strip at 224 px would be upsampled to 224 x 22 400 000 floats (20 GB) before the centre
+    crop; ``to_square`` cuts the long side first, so time and memory stay small at any model size."""
+    from medrobust.imaging import MAX_ASPECT, to_square
+
+    px = np.random.default_rng(0).random(shape, dtype=np.float32)
+    with RssSampler() as rss:
+        t = time.perf_counter()
+        for size in (32, 64, 224):
+            x = to_square(px, size=size)
+            assert x.shape == (1, size, size) and torch.isfinite(x).all()
+        dt = time.perf_counter() - t
+    assert dt < 5 and rss.peak - rss.base < 300 * 2**20, (dt, rss.peak - rss.base)
+    # Ordinary X-rays (aspect ratio up to MAX_ASPECT) are resized exactly as before: scale, then centre-crop.
+    assert MAX_ASPECT >= 4

@@ -46,16 +46,16 @@ if source == "Upload an X-ray":
         st.info("Upload a chest X-ray to start. DICOM files are recognised by their content, whatever their name.",
                 icon=":material/upload:")
         st.stop()
-    memo = st.session_state.get("decoded")
-    if not memo or memo[0] != up.file_id:
+    held = st.session_state.get("decoded")  # (file id, DecodedImage or None, error), this session only
+    if not held or held[0] != up.file_id:
         try:
-            memo = (up.file_id, decode_image(up.getvalue()), None)
+            held = (up.file_id, decode_image(up.getvalue()), None)
         except ImageDecodeError as exc:
-            memo = (up.file_id, None, str(exc))
+            held = (up.file_id, None, str(exc))
         except Exception:  # noqa: BLE001 - never let a hostile file take the page down
-            memo = (up.file_id, None, "The file could not be read as an image.")
-        st.session_state["decoded"] = memo
-    _, decoded, error = memo
+            held = (up.file_id, None, "The file could not be read as an image.")
+        st.session_state["decoded"] = held
+    _, decoded, error = held
     if error:
         st.error(f"This file cannot be used: {error}", icon=":material/block:")
         st.stop()
@@ -169,8 +169,7 @@ for i, (col, o) in enumerate(zip(cols, outcomes)):
         st.progress(min(1.0, max(0.0, o.p_covid)), text=f"P(COVID-19) = {o.p_covid:.1%}")
         if kind != "none":
             st.caption(f"Unperturbed: {o.clean_label}, P(COVID-19) {o.clean_p:.1%}; change {100 * o.delta_p:+.1f} "
-                       f"points. "
-                       f"‖δ‖₂ = {o.l2:.3f}, max |δ| = {o.linf:.3f}")
+                       f"points. ‖δ‖₂ = {o.l2:.3f}, max |δ| = {o.linf:.3f}")
         if o.name in flip_by_name:
             st.caption(f"Smallest flipping eps: {flip_by_name[o.name].describe()}")
         pics = stress.card_images(o, vmax=vmax, target=192)
