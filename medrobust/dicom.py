@@ -23,8 +23,17 @@ import numpy as np
 
 from medrobust.imaging import DecodedImage, ImageDecodeError
 
-#: Wall-clock limit for decoding one DICOM file, in seconds.
-DECODE_TIMEOUT_S = float(os.environ.get("MEDROBUST_DICOM_TIMEOUT_S", "15") or 15)
+
+def _timeout_from_env(default: float = 15.0) -> float:
+    try:
+        value = float(os.environ.get("MEDROBUST_DICOM_TIMEOUT_S") or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+#: Wall-clock limit for decoding one DICOM file, in seconds (``MEDROBUST_DICOM_TIMEOUT_S``, default 15).
+DECODE_TIMEOUT_S = _timeout_from_env()
 #: Timed-out decoders allowed to run on in the background before new DICOM files are refused.
 MAX_STUCK = 2
 

@@ -191,9 +191,10 @@ def test_seeded_runs_repeat_exactly(
 @given(
     name=names,
     severity=st.sampled_from(SEVERITIES),
-    seeds=st.lists(st.integers(0, 2**32), min_size=2, max_size=2, unique=True),
+    seeds=st.lists(st.integers(0, 2**32 - 1), min_size=2, max_size=2, unique=True),
 )
 def test_different_seeds_differ(name: str, severity: float, seeds: list[int]) -> None:
+    # Seeds stay below 2**32: the CPU generator (mt19937) keeps only the low 32 bits, so 0 and 2**32 coincide.
     # 1024 pixels of a mid-grey image: a coincidence between seeds has negligible probability.
     x = torch.full((1, 1, 32, 32), 0.5)
     a, b = (

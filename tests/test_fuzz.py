@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import faulthandler
 import io
-import os
 import struct
 import sys
 import threading
@@ -33,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dashboard_fixtures import dashboard_env, dicom_bytes, tiny_checkpoints, xray_like  # noqa: F401 - fixtures
+from dashboard_fixtures import dashboard_env, tiny_checkpoints, xray_like  # noqa: F401 - fixtures
 from medrobust import stress
 from medrobust.imaging import ImageDecodeError, decode_image
 

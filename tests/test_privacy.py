@@ -51,7 +51,9 @@ TAGS = {
     "StudyID": "MKRSTUDY77",
 }
 PRIVATE_MARKER = "MKR-PRIVATE-TAG-VALUE"
-MARKERS = [*TAGS.values(), PRIVATE_MARKER]
+AE_MARKER = "MKRAE\\TITLE00000"  # 16 characters, one of them a backslash
+TS_MARKER = "MKRTSUID"  # hidden in a (then invalid) transfer syntax UID, which every reader looks at
+MARKERS = [*TAGS.values(), PRIVATE_MARKER, "MKRAE", "TITLE00000", TS_MARKER]
 NEEDLES = [m.encode() for m in MARKERS] + [m.split("^")[0].encode() for m in MARKERS if "^" in m]
 
 
@@ -68,6 +70,7 @@ def tagged_dicom(arr: np.ndarray | None, *, transfer_syntax: str = "explicit", p
     ts = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian, "big": ExplicitVRBigEndian,
           "rle": ExplicitVRLittleEndian, "j2k": JPEG2000Lossless}[transfer_syntax]
     meta.TransferSyntaxUID = ts
+    meta.SourceApplicationEntityTitle = "MKRAETITLE000000"  # the file meta group is always read
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
@@ -96,7 +99,8 @@ def tagged_dicom(arr: np.ndarray | None, *, transfer_syntax: str = "explicit", p
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True, little_endian=transfer_syntax != "big",
                implicit_vr=transfer_syntax == "implicit")
-    return buf.getvalue()
+    # An invalid AE title (a backslash): a validating reader would warn, quoting the value.
+    return buf.getvalue().replace(b"MKRAETITLE000000", AE_MARKER.encode())
 
 
 def _variants() -> dict[str, bytes]:
@@ -112,6 +116,7 @@ def _variants() -> dict[str, bytes]:
         "truncated pixel data": tagged_dicom(arr, pixel_bytes=b"\x00" * 100),
         "huge declared size": tagged_dicom(arr, rows=60000, cols=60000),
         "rescale slope NaN": tagged_dicom(arr, RescaleSlope="NaN", RescaleIntercept=0),
+        "marker in the transfer syntax UID": good.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840." + TS_MARKER.encode() + b".12\x00"),
         "bad window": tagged_dicom(arr, WindowCenter="1234.5678", WindowWidth="2345.6789").replace(
             b"1234.5678", b"not-a-num").replace(b"2345.6789", b"neither!!"),
     }
