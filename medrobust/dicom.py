@@ -104,10 +104,26 @@ def _pixels(ds) -> np.ndarray:
     return ds.pixel_array
 
 
+_FAILED = object()
+
+
+def _attempt(fn: Callable[[], Any]) -> Any:
+    """``fn()``, or :data:`_FAILED` if it raises. The original exception (pydicom's messages can quote values
+    from the file, a transfer syntax UID for one) is dropped here, so the ImageDecodeError raised afterwards
+    carries neither it as ``__cause__`` nor as ``__context__``."""
+    try:
+        return fn()
+    except ImageDecodeError:
+        raise
+    except Exception:  # noqa: BLE001 - any failure of a hostile file becomes a fixed message
+        return _FAILED
+
+
 def _decode(data: bytes, *, max_pixels: int) -> DecodedImage:
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
+        from pydicom.uid import UID_dictionary
     except ImportError as exc:  # pragma: no cover - pydicom is a requirement
         raise ImageDecodeError("DICOM support needs the package pydicom (pip install pydicom).") from exc
 
@@ -115,55 +131,42 @@ def _decode(data: bytes, *, max_pixels: int) -> DecodedImage:
     # (always read) can hold identifying text such as application entity titles: medrobust never
     # validates DICOM values, it only reads pixels, so validation is off for reading (process-wide).
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=False, specific_tags=list(PIXEL_TAGS))
-    except Exception:
-        raise ImageDecodeError("The file looks like DICOM but its header cannot be read.") from None
+    ds = _attempt(lambda: pydicom.dcmread(io.BytesIO(data), force=False, specific_tags=list(PIXEL_TAGS)))
+    if ds is _FAILED:
+        raise ImageDecodeError("The file looks like DICOM but its header cannot be read.")
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageDecodeError("The DICOM file holds no pixel data (PixelData is missing).")
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    except Exception:
-        raise ImageDecodeError("The DICOM file lacks valid Rows/Columns.") from None
+    geometry = _attempt(lambda: (int(ds.Rows), int(ds.Columns), int(getattr(ds, "NumberOfFrames", 1) or 1),
+                                 int(getattr(ds, "SamplesPerPixel", 1) or 1)))
+    if geometry is _FAILED:
+        raise ImageDecodeError("The DICOM file lacks valid Rows/Columns.")
+    rows, cols, frames, samples = geometry
     if rows < 1 or cols < 1 or frames < 1 or rows * cols * frames * max(samples, 1) > max_pixels:
         raise ImageDecodeError(
             f"The DICOM image is {cols}x{rows}x{frames}, outside the limit of {max_pixels:,} pixels."
         )
-    try:
-        arr = _pixels(ds)
-    except ImageDecodeError:
-        raise
-    except Exception:
-        from pydicom.uid import UID_dictionary
-
-        tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        known = tsyntax is not None and str(tsyntax) in UID_dictionary  # never echo a string from the file
-        name = UID_dictionary[str(tsyntax)][0] if known else "unknown"
-        try:
-            compressed = bool(known and tsyntax.is_compressed)
-        except Exception:
-            compressed = False
+    arr = _attempt(lambda: _pixels(ds))
+    if arr is _FAILED:
+        tsyntax = _attempt(lambda: str(ds.file_meta.TransferSyntaxUID))
+        known = isinstance(tsyntax, str) and tsyntax in UID_dictionary  # never echo a string from the file
+        name = UID_dictionary[tsyntax][0] if known else "unknown"
+        compressed = known and _attempt(lambda: bool(pydicom.uid.UID(tsyntax).is_compressed)) is True
         if compressed:
             raise ImageDecodeError(
                 f"The DICOM pixel data use a compressed transfer syntax ({name}) that cannot be decoded "
                 "here; export the image uncompressed or as PNG."
-            ) from None
-        raise ImageDecodeError("The DICOM pixel data are truncated or malformed.") from None
+            )
+        raise ImageDecodeError("The DICOM pixel data are truncated or malformed.")
     if arr.ndim == 3 and frames > 1:
         arr = arr[0]
     elif arr.ndim == 4:  # several colour frames
         arr = arr[0]
-    try:
-        arr = apply_modality_lut(arr, ds)
-        arr = apply_voi_lut(arr, ds, index=0)
-    except Exception:
-        raise ImageDecodeError("The DICOM LUTs could not be applied.") from None
-    try:
-        arr = np.asarray(arr, dtype=np.float64)
-    except Exception:
-        raise ImageDecodeError("The DICOM pixel data are not numeric.") from None
+    arr = _attempt(lambda: apply_voi_lut(apply_modality_lut(arr, ds), ds, index=0))
+    if arr is _FAILED:
+        raise ImageDecodeError("The DICOM LUTs could not be applied.")
+    arr = _attempt(lambda: np.asarray(arr, dtype=np.float64))
+    if arr is _FAILED:
+        raise ImageDecodeError("The DICOM pixel data are not numeric.")
     if arr.ndim == 3 and arr.shape[-1] >= 3:  # colour DICOM: luminance
         arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114])
     if arr.ndim != 2 or arr.size == 0:
@@ -183,8 +186,6 @@ def _decode(data: bytes, *, max_pixels: int) -> DecodedImage:
     arr = np.nan_to_num(np.where(finite, arr, 0.0), nan=0.0, posinf=1.0, neginf=0.0)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = 1.0 - arr  # MONOCHROME1 shows low values as white
-    try:
-        bits = int(getattr(ds, "BitsStored", 16) or 16)
-    except Exception:
-        bits = 16
+    bits = _attempt(lambda: int(getattr(ds, "BitsStored", 16) or 16))
+    bits = 16 if bits is _FAILED else bits
     return DecodedImage(pixels=np.clip(arr, 0, 1).astype(np.float32), format="DICOM", bit_depth=bits)
