@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -97,13 +96,13 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, *, n: int = 2048, reps
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b
     sync(device)
-    best = math_inf = float("inf")
-    for _ in range(reps):
+    best = float("inf")
+    for _ in range(max(1, reps)):
         t = time.perf_counter()
         a @ b
         sync(device)
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best if best < math_inf else float("nan")
+    return 2 * n**3 / best
 
 
 def relevant_peak_dtype(device: torch.device) -> torch.dtype:
@@ -225,7 +224,6 @@ class PassCounter(nn.Module):
 
 def flops_per_image(model: nn.Module, size: int, device: torch.device, *, batch: int = 8) -> tuple[float, float]:
     """(forward FLOPs, input-gradient backward FLOPs) per image, as PGD runs them (fp32, FlopCounterMode)."""
-    import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.rand(batch, 1, size, size, device=device)
@@ -321,13 +319,3 @@ def num_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch: int = 64) -> float:
-    with torch.no_grad():
-        preds = torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
-    return float((preds == y).float().mean())
-
-
-def rng_np(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)

@@ -13,8 +13,6 @@ FLOP/s (FlopCounterMode) against the fp32 matmul peak, and the ratio.
 
 from __future__ import annotations
 
-import time
-
 import _common as C
 import torch
 
