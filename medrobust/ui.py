@@ -69,12 +69,13 @@ def degenerate_warnings(results: Sequence[dict[str, Any]]) -> None:
 
 
 def pick_results(key: str) -> tuple[list[dict[str, Any]], list[resultsets.ResultSet]]:
-    """Sidebar pickers: one primary result set plus any evaluated training runs; returns the results shown."""
+    """Sidebar pickers: one primary result set plus evaluated training runs and earlier attempts; returns the results shown."""
     sets = resultsets.discover_result_sets()
     if not sets:
         return [], []
-    primary = [s for s in sets if s.kind != "run"]
+    primary = [s for s in sets if s.kind not in ("run", "attempt")]
     runs = [s for s in sets if s.kind == "run"]
+    attempts = [s for s in sets if s.kind == "attempt"]
     chosen: list[resultsets.ResultSet] = []
     with st.sidebar:
         if primary:
@@ -91,6 +92,12 @@ def pick_results(key: str) -> tuple[list[dict[str, Any]], list[resultsets.Result
             picked = st.multiselect("Trained runs shown beside them", run_labels, default=run_labels,
                                     key=f"{key}_runs")
             chosen += [s for s in runs if s.label in picked]
+        if attempts:
+            attempt_labels = [s.label for s in attempts]
+            picked = st.multiselect("Earlier training attempts shown beside them", attempt_labels, default=[],
+                                    key=f"{key}_attempts",
+                                    help="Results of models the shipped set replaced (see checkpoints/README.md).")
+            chosen += [s for s in attempts if s.label in picked]
     for s in chosen:
         for e in s.errors:
             st.caption(f"{s.label}: {e}")

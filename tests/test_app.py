@@ -77,6 +77,23 @@ def test_overview_is_the_landing_page_with_tables_curves_and_warnings(dashboard_
     assert any("CSV" in l for l in labels) and any("JSON" in l for l in labels)
 
 
+
+def test_overview_can_show_an_earlier_attempt_beside_the_shipped_set(dashboard_env):
+    import shutil
+
+    attempt = dashboard_env / "attempts" / "64px-from-scratch"
+    attempt.mkdir(parents=True)
+    shutil.copy(dashboard_env / "results" / "standard.json", attempt / "standard.json")
+    at = _app()
+    _no_exception(at)
+    assert len(at.dataframe[0].value) == 4  # attempts are opt-in
+    picker = at.multiselect(key="overview_attempts")
+    assert "64px-from-scratch" in picker.options[0]
+    picker.set_value(picker.options).run()
+    _no_exception(at)
+    names = list(at.dataframe[0].value["model"])
+    assert len(names) == 5 and "standard [64px-from-scratch]" in names
+
 def test_calibration_page_shows_a_reliability_diagram_per_model(dashboard_env):
     at = _page("views/calibration.py")
     _no_exception(at)

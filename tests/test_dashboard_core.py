@@ -386,6 +386,27 @@ def test_result_sets_are_discovered_and_matched(tiny_checkpoints, tmp_path, monk
     assert "_source" not in resultsets.results_json(both)
 
 
+
+def test_earlier_attempts_are_a_result_set_of_their_own(tiny_checkpoints, tmp_path, monkeypatch):
+    import shutil
+
+    ck = tmp_path / "checkpoints"
+    shutil.copytree(tiny_checkpoints, ck)
+    attempt = ck / "attempts" / "64px-from-scratch"
+    attempt.mkdir(parents=True)
+    shutil.copy(ck / "results" / "robust.json", attempt / "robust.json")
+    (attempt / "robust.card.json").write_text(json.dumps({"name": "robust", "method": "robust"}))  # a card, not a result
+    monkeypatch.setenv("MEDROBUST_CHECKPOINTS", str(ck))
+    monkeypatch.setenv("MEDROBUST_RESULTS", str(tmp_path / "none"))
+    monkeypatch.setenv("MEDROBUST_RUNS", str(tmp_path / "none"))
+    sets = resultsets.discover_result_sets()
+    assert [s.kind for s in sets] == ["shipped", "attempt"]
+    assert sets[1].names == ["robust"] and not sets[1].errors
+    assert "64px-from-scratch" in sets[1].label and "weights not shipped" in sets[1].label
+    both = resultsets.combine(sets)
+    assert [r["name"] for r in both][-1] == "robust [64px-from-scratch]"
+    assert not both[-1]["_shipped"]
+
 def test_plots_use_one_colour_per_model_everywhere(tiny_checkpoints):
     results, _ = resultsets.read_result_folder(tiny_checkpoints / "results")
     curves = plots.robustness_curves(results)
