@@ -5,7 +5,7 @@ Layout (all folders configurable through environment variables, read at call tim
 * ``$MEDROBUST_CHECKPOINTS`` (default ``checkpoints``): the shipped models,
   ``{standard,robust,augmix,robustaugmix}.safetensors`` each with its JSON card beside it, and
   their results in ``results/{name}.json|.csv|.predictions.csv``; ``attempts/NAME/`` keeps the
-  results (not the weights) of earlier training attempts the shipped set replaced.
+  results (not the weights) of other training attempts.
 * ``$MEDROBUST_RESULTS`` (default ``results``): what ``python -m medrobust evaluate`` writes by
   default.
 * ``$MEDROBUST_RUNS`` (default ``runs``): training runs, ``runs/NAME/model.safetensors``; a run
@@ -179,12 +179,12 @@ def discover_result_sets(*, checkpoints: str | Path | None = None, results: str 
             if res or errs:
                 out.append(ResultSet(label=label, kind=kind, path=folder, results=res, errors=errs))
         if kind == "shipped" and (ck / "attempts").is_dir():
-            # Earlier training attempts keep their results (not their weights) so the shipped set can be
+            # Other training attempts keep their results (not their weights) so the shipped set can be
             # compared with what it replaced.
             for folder in sorted(p for p in (ck / "attempts").iterdir() if p.is_dir() and not p.name.startswith(".")):
                 res, errs = read_result_folder(folder)
                 if res or errs:
-                    out.append(ResultSet(label=f"earlier attempt {folder.name} (results only, weights not shipped)",
+                    out.append(ResultSet(label=f"training attempt {folder.name} (results only, weights not shipped)",
                                          kind="attempt", path=folder, results=res, errors=errs))
     if rn.is_dir():
         for folder in sorted(rn.glob("*/eval")):

@@ -94,9 +94,9 @@ def pick_results(key: str) -> tuple[list[dict[str, Any]], list[resultsets.Result
             chosen += [s for s in runs if s.label in picked]
         if attempts:
             attempt_labels = [s.label for s in attempts]
-            picked = st.multiselect("Earlier training attempts shown beside them", attempt_labels, default=[],
+            picked = st.multiselect("Other training attempts shown beside them", attempt_labels, default=[],
                                     key=f"{key}_attempts",
-                                    help="Results of models the shipped set replaced (see checkpoints/README.md).")
+                                    help="Results of training attempts whose weights are not shipped (see checkpoints/README.md).")
             chosen += [s for s in attempts if s.label in picked]
     for s in chosen:
         for e in s.errors:
