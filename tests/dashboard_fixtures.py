@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from dicom_base import base_dataset
+
 REPO = Path(__file__).resolve().parent.parent
 METHOD_NAMES = ("standard", "robust", "augmix", "robustaugmix")
 TINY_SIZE = 32
@@ -109,18 +111,7 @@ def png_bytes(arr: np.ndarray, *, bits: int = 8, mode: str | None = None) -> byt
 def dicom_bytes(arr: np.ndarray, *, monochrome1: bool = False, with_pixels: bool = True,
                 patient_name: str = "Doe^Jane") -> bytes:
     """A synthetic uncompressed DICOM (explicit VR little endian) made with pydicom."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = patient_name
+    ds = base_dataset(patient_name)
     ds.PatientID = "SECRET-ID-12345"
     ds.Modality = "DX"
     ds.Rows, ds.Columns = arr.shape

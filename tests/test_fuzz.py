@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from dashboard_fixtures import dashboard_env, tiny_checkpoints, xray_like  # noqa: F401 - fixtures
+from dicom_base import base_dataset
 from medrobust import stress
 from medrobust.imaging import ImageDecodeError, decode_image
 
@@ -62,17 +63,9 @@ def _png_raw(width: int, height: int, idat: bytes, *, depth: int = 8, colour: in
 
 def _dicom(arr: np.ndarray | None = None, **kw) -> bytes:
     """A small uncompressed DICOM; ``kw`` sets attributes (after the pixels) or ``_float`` for FloatPixelData."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import RLELossless
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Fuzz^Patient"
+    ds = base_dataset("Fuzz^Patient")
     floats = kw.pop("_float", None)
     rle = kw.pop("_rle", False)
     if floats is not None:

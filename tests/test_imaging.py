@@ -13,6 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from dicom_base import base_dataset
+
 from medrobust.imaging import (
     MAX_PIXELS,
     DecodedImage,
@@ -246,18 +248,7 @@ MARKERS = ("MARKER_NAME_123", "MARKER_ID_456", "MARKER_INST_789", "19991231", "M
 def make_dicom(arr: np.ndarray | None, *, photometric: str = "MONOCHROME2", bits_stored: int = 12,
                pixel_bytes: bytes | None = None, **attrs) -> bytes:
     """A DICOM Part 10 file (explicit VR little endian) carrying identifying marker tags."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = MARKERS[0]
+    ds = base_dataset(MARKERS[0])
     ds.PatientID = MARKERS[1]
     ds.InstitutionName = MARKERS[2]
     ds.PatientBirthDate = MARKERS[3]

@@ -25,6 +25,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import dashboard_env, png_bytes, tiny_checkpoints, xray_like  # noqa: F401 - fixtures
+from dicom_base import base_dataset
 from medrobust.imaging import ImageDecodeError, decode_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,21 +61,15 @@ NEEDLES = [m.encode() for m in MARKERS] + [m.split("^")[0].encode() for m in MAR
 def tagged_dicom(arr: np.ndarray | None, *, transfer_syntax: str = "explicit", photometric: str = "MONOCHROME2",
                  pixel_bytes: bytes | None = None, rows: int | None = None, cols: int | None = None, **extra) -> bytes:
     """A DICOM whose identifying tags (and a private tag) all hold marker strings."""
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                             JPEG2000Lossless, RLELossless, SecondaryCaptureImageStorage, generate_uid)
+                             JPEG2000Lossless, RLELossless)
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = base_dataset(TAGS.get("PatientName", ""))
+    meta = ds.file_meta
     ts = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian, "big": ExplicitVRBigEndian,
           "rle": ExplicitVRLittleEndian, "j2k": JPEG2000Lossless}[transfer_syntax]
     meta.TransferSyntaxUID = ts
     meta.SourceApplicationEntityTitle = "MKRAETITLE000000"  # the file meta group is always read
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "DX"
     for k, v in TAGS.items():
         setattr(ds, k, v)
