@@ -4,10 +4,7 @@
 # Usage: [METHODS="standard robust"] [DEST=checkpoints] scripts/evaluate_shipped.sh [PRESET] [DATA_DIR ...]
 # DEST (default checkpoints) lets a new set be evaluated beside the shipped one before it replaces it.
 set -euo pipefail
-preset="${1:-cpu}"; shift || true
-data=("$@")
-if [ ${#data[@]} -eq 0 ]; then data=(../shared/data/covid-chestxray ../shared/data/actualmed); fi
-args=(); for d in "${data[@]}"; do args+=(--data "$d"); done
+source "$(dirname "$0")/shipped_args.sh"
 dest="${DEST:-checkpoints}"; mkdir -p "$dest"
 for method in ${METHODS:-standard robust augmix robustaugmix}; do
   run="runs/${method}-${preset}-s0/model.safetensors"

@@ -15,10 +15,7 @@
 # With FINETUNE=1 the standard run must exist before the others start; on a 2-core machine train it
 # first, then run two invocations side by side with METHODS set and OMP_NUM_THREADS=1.
 set -euo pipefail
-preset="${1:-cpu}"; shift || true
-data=("$@")
-if [ ${#data[@]} -eq 0 ]; then data=(../shared/data/covid-chestxray ../shared/data/actualmed); fi
-args=(); for d in "${data[@]}"; do args+=(--data "$d"); done
+source "$(dirname "$0")/shipped_args.sh"
 base="runs/standard-${preset}-s0/model.safetensors"
 for method in ${METHODS:-standard robust augmix robustaugmix}; do
   out="runs/${method}-${preset}-s0"
