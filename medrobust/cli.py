@@ -50,6 +50,35 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                         "Default: $MEDROBUST_DATA (os.pathsep-separated), else ./data")
 
 
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from medrobust.training import PRESETS
+
+    p.add_argument("--method", required=True, choices=list(METHODS), help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS),
+                   help="paper: 224 px, 41 epochs; cpu: 128 px, 41 epochs (default); smoke: 64 px, 1 epoch, 3 batches")
+    _add_data(p)
+    p.add_argument("--out", type=Path, help="run folder (default runs/<method>-<preset>-s<seed>)")
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--image-size", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=_non_negative)
+    p.add_argument("--weight-decay", type=_non_negative)
+    p.add_argument("--eps", type=_non_negative, help="PGD radius for robust methods, stated at 224 px (default 4)")
+    p.add_argument("--norm", choices=["l2", "linf"], help="PGD norm (default l2; for linf give eps in pixel units, e.g. 0.0157 for 4/255)")
+    p.add_argument("--pgd-steps", type=_positive_int)
+    p.add_argument("--eps-ramp-epochs", type=int, help="ramp eps linearly over this many epochs (default 15; 0 = off)")
+    p.add_argument("--class-balance", choices=["weights", "none"], help="inverse-frequency class weights (default) or none")
+    p.add_argument("--augmix-ops", help="comma-separated AugMix ops (default hflip,vflip)")
+    p.add_argument("--init", help="'imagenet' or a medrobust checkpoint to start from (default: from scratch)")
+    p.add_argument("--select", choices=["last", "best_val_bacc"], help="which epoch to ship (default last)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, help="patient-level K-fold cross-validation (K >= 2); test = fold --fold")
+    p.add_argument("--fold", type=int, help="which fold (0..K-1) is this run's test set")
+    p.add_argument("--max-batches", type=_positive_int, help="cap batches per epoch (quick checks)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a tqdm bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from medrobust.training import PRESETS
 
@@ -59,34 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python -m medrobust train --method robust --preset smoke --data DIR && "
                "python -m medrobust evaluate && python -m medrobust report",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,report,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,cv,evaluate,report,export}")
 
     t = sub.add_parser("train", help="train one model (resumes an interrupted run in the same --out)",
                        description="Train a ResNet-18 with one of the four methods. Writes config.json, split.json, "
                                    "progress.jsonl, state.safetensors (every epoch) and model.safetensors + model.json.")
-    t.add_argument("--method", required=True, choices=list(METHODS), help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
-    t.add_argument("--preset", default="cpu", choices=list(PRESETS),
-                   help="paper: 224 px, 41 epochs; cpu: 128 px, 41 epochs (default); smoke: 64 px, 1 epoch, 3 batches")
-    _add_data(t)
-    t.add_argument("--out", type=Path, help="run folder (default runs/<method>-<preset>-s<seed>)")
-    t.add_argument("--epochs", type=_positive_int)
-    t.add_argument("--image-size", type=_positive_int)
-    t.add_argument("--batch-size", type=_positive_int)
-    t.add_argument("--lr", type=_non_negative)
-    t.add_argument("--weight-decay", type=_non_negative)
-    t.add_argument("--eps", type=_non_negative, help="PGD radius for robust methods, stated at 224 px (default 4)")
-    t.add_argument("--norm", choices=["l2", "linf"], help="PGD norm (default l2; for linf give eps in pixel units, e.g. 0.0157 for 4/255)")
-    t.add_argument("--pgd-steps", type=_positive_int)
-    t.add_argument("--eps-ramp-epochs", type=int, help="ramp eps linearly over this many epochs (default 15; 0 = off)")
-    t.add_argument("--class-balance", choices=["weights", "none"], help="inverse-frequency class weights (default) or none")
-    t.add_argument("--augmix-ops", help="comma-separated AugMix ops (default hflip,vflip)")
-    t.add_argument("--init", help="'imagenet' or a medrobust checkpoint to start from (default: from scratch)")
-    t.add_argument("--select", choices=["last", "best_val_bacc"], help="which epoch to ship (default last)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--max-batches", type=_positive_int, help="cap batches per epoch (quick checks)")
-    t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a tqdm bar")
+    _add_train_options(t)
 
+    c = sub.add_parser("cv", help="train every fold of a patient-level K-fold cross-validation (resumable)",
+                       description="Train fold 0..K-1 of one method into OUT/fold<i> (each a normal run folder). "
+                                   "Finished folds are skipped and an interrupted fold resumes, so the same command "
+                                   "can be run again after a kill. Evaluate with `evaluate OUT` (pooled out-of-fold).")
+    _add_train_options(c)
+    c.add_argument("--init-cv", type=Path, metavar="CVDIR",
+                   help="start fold i from CVDIR/fold<i>/model.safetensors (fine-tuning from the same fold's model)")
     e = sub.add_parser("evaluate", help="run the benchmark on the test patients of each model's split",
                        description="Clean, L2 PGD (eps 1..5 at 224 px, 20 steps), gaussian/s&p/speckle at 0.1..1.0, "
                                    "and calibration, on the held-out test patients. Refuses a split overlapping the "
@@ -128,17 +143,25 @@ def _checkpoint_file(p: Path) -> Path:
     return p / "model.safetensors" if p.is_dir() else p
 
 
-def cmd_train(args) -> int:
-    from medrobust.data import data_roots
-    from medrobust.training import preset_config, train
+def _train_config(args, **extra):
+    from medrobust.training import preset_config
 
     overrides = dict(method=args.method, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
                      lr=args.lr, weight_decay=args.weight_decay, eps=args.eps, norm=args.norm, pgd_steps=args.pgd_steps,
                      eps_ramp_epochs=args.eps_ramp_epochs, class_balance=args.class_balance, init=args.init,
-                     select=args.select, seed=args.seed, max_batches=args.max_batches, device=args.device)
+                     select=args.select, seed=args.seed, max_batches=args.max_batches, device=args.device,
+                     folds=args.folds, fold=args.fold)
     if args.augmix_ops:
         overrides["augmix_ops"] = tuple(o.strip() for o in args.augmix_ops.split(",") if o.strip())
-    config = preset_config(args.preset, **overrides)
+    overrides.update(extra)
+    return preset_config(args.preset, **overrides)
+
+
+def cmd_train(args) -> int:
+    from medrobust.data import data_roots
+    from medrobust.training import train
+
+    config = _train_config(args)
     out = args.out or DEFAULT_RUNS / f"{config.method}-{config.preset}-s{config.seed}"
     roots = data_roots(args.data)
     result = train(config, roots=roots, run_dir=out, show_progress=args.progress)
@@ -153,8 +176,40 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_cv(args) -> int:
+    from medrobust.data import data_roots
+    from medrobust.training import train
+
+    folds = args.folds or 5
+    if args.fold is not None:
+        raise ValueError("cv trains every fold; use `train --folds K --fold i` for one fold.")
+    if args.init and args.init_cv:
+        raise ValueError("give --init or --init-cv, not both.")
+    first = _train_config(args, folds=folds, fold=0)
+    out = args.out or DEFAULT_RUNS / f"cv-{first.method}-{first.preset}-s{first.seed}"
+    roots = data_roots(args.data)
+    for fold in range(folds):
+        init = args.init
+        if args.init_cv:
+            init = str(_checkpoint_file(args.init_cv / f"fold{fold}"))
+            if not Path(init).is_file():
+                raise FileNotFoundError(f"--init-cv: {init} is missing; train that cross-validation first.")
+        config = _train_config(args, folds=folds, fold=fold, init=init)
+        run_dir = out / f"fold{fold}"
+        if (run_dir / "model.safetensors").is_file():
+            print(f"fold {fold}: done already ({run_dir})")
+            continue
+        result = train(config, roots=roots, run_dir=run_dir, show_progress=args.progress)
+        val = result.card.get("val_metrics", {})
+        print(f"fold {fold}: {result.card['epochs_done']} epoch(s) in {result.card['train_seconds']:.0f} s; "
+              f"val balanced accuracy {val.get('balanced_accuracy', float('nan')):.3f}; {result.checkpoint}", flush=True)
+        if result.card.get("collapsed"):
+            print(f"WARNING: fold {fold}: {result.card['warning']}", file=sys.stderr)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
-    from medrobust.data import DataError, check_no_overlap, data_roots, load_dataset, split_by_patient
+    from medrobust.data import DataError, check_no_overlap, data_roots, load_dataset, split_from_info
     from medrobust.checkpoints import CheckpointError, load_checkpoint
     from medrobust.evaluation import EvalConfig, evaluate_model, write_results
     from medrobust import distributed
@@ -177,8 +232,7 @@ def cmd_evaluate(args) -> int:
             datasets[size] = load_dataset(roots, image_size=size, progress=dinfo.is_main)
         data = datasets[size]
         split_info = card.get("split", {})
-        split = split_by_patient(data.records, seed=int(split_info.get("seed", 0)),
-                                 fractions=tuple(split_info.get("fractions", (0.7, 0.1, 0.2))))
+        split = split_from_info(data.records, split_info)
         if split_info.get("hash") and split.hash != split_info["hash"]:
             print(f"note: the data differ from {ckpt.name}'s training data (split hash {split.hash} vs "
                   f"{split_info['hash']}); checking patient overlap.", file=sys.stderr)
@@ -247,7 +301,7 @@ def os_error_text(exc: OSError, *, resumable: bool = False) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export}
+    handlers = {"train": cmd_train, "cv": cmd_cv, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export}
     from medrobust.checkpoints import CheckpointError
     from medrobust.data import DataError
 
@@ -257,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medrobust {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # disk full, read-only folder: say so in one line, without a traceback
-        print(f"medrobust {args.command}: error: {os_error_text(exc, resumable=args.command == 'train')}",
+        print(f"medrobust {args.command}: error: {os_error_text(exc, resumable=args.command in ('train', 'cv'))}",
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -277,6 +277,8 @@ class Split:
     fractions: tuple[float, float, float]
     images: dict[str, list[str]]
     patients: dict[str, list[str]]
+    folds: int = 0  # 0: one random split by ``fractions``; K: fold ``fold`` of a K-fold partition
+    fold: int = 0
 
     @property
     def hash(self) -> str:
@@ -290,7 +292,8 @@ class Split:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Split":
-        split = cls(seed=int(d["seed"]), fractions=tuple(d["fractions"]), images=d["images"], patients=d["patients"])
+        split = cls(seed=int(d["seed"]), fractions=tuple(d["fractions"]), images=d["images"], patients=d["patients"],
+                    folds=int(d.get("folds", 0)), fold=int(d.get("fold", 0)))
         if "hash" in d and d["hash"] != split.hash:
             raise DataError("The split file's hash does not match its contents; it was edited or corrupted.")
         return split
@@ -338,6 +341,68 @@ def split_by_patient(records: list[Record], *, seed: int, fractions: tuple[float
     images = {name: sorted(r.key for p in pids for r in by_patient[p]) for name, pids in parts.items()}
     return Split(seed=seed, fractions=tuple(fractions), images=images,
                  patients={k: sorted(v) for k, v in parts.items()})
+
+
+def _patients_by_stratum(records: list[Record]) -> tuple[dict[str, list[Record]], dict[int, list[str]]]:
+    by_patient: dict[str, list[Record]] = {}
+    for r in records:
+        by_patient.setdefault(r.patient, []).append(r)
+    strata: dict[int, list[str]] = {}
+    for pid, recs in sorted(by_patient.items()):
+        strata.setdefault(max(r.label for r in recs), []).append(pid)
+    return by_patient, strata
+
+
+def split_kfold(records: list[Record], *, seed: int, folds: int, fold: int, val_fraction: float = 0.1) -> Split:
+    """Fold ``fold`` of a patient-level, label-stratified ``folds``-fold partition.
+
+    Each stratum's patients are shuffled with ``seed`` and dealt round-robin into the folds, so
+    every patient is in exactly one test fold and the folds' class mixes differ by at most one
+    patient per class. Of the remaining patients, ``val_fraction`` of each stratum's total (at
+    least one where the stratum has spare patients) is drawn for validation with a per-fold RNG;
+    the rest train.
+
+    Examples
+    --------
+    >>> recs = [Record("s", f"s:{i}", f"{i}.png", "", "x", "PA", i % 2) for i in range(20)]
+    >>> tests = [set(split_kfold(recs, seed=0, folds=5, fold=f).patients["test"]) for f in range(5)]
+    >>> sorted(set().union(*tests)) == sorted({r.patient for r in recs}) and sum(map(len, tests)) == 20
+    True
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}.")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}.")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    by_patient, strata = _patients_by_stratum(records)
+    rng = random.Random(seed)
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for label in sorted(strata):
+        pids = strata[label]
+        rng.shuffle(pids)
+        test = pids[fold::folds]
+        rest = [p for i, p in enumerate(pids) if i % folds != fold]
+        n_val = min(len(rest) - 1, max(1, round(len(pids) * val_fraction))) if val_fraction > 0 else 0
+        n_val = max(0, n_val)
+        val = sorted(random.Random(f"{seed}/{folds}/{fold}/{label}").sample(rest, n_val))
+        parts["test"] += test
+        parts["val"] += val
+        parts["train"] += [p for p in rest if p not in set(val)]
+    images = {name: sorted(r.key for p in pids for r in by_patient[p]) for name, pids in parts.items()}
+    train_frac = 1 - 1 / folds - val_fraction
+    return Split(seed=seed, fractions=(train_frac, val_fraction, 1 / folds), images=images,
+                 patients={k: sorted(v) for k, v in parts.items()}, folds=folds, fold=fold)
+
+
+def split_from_info(records: list[Record], info: dict) -> Split:
+    """Rebuild the split a checkpoint card (or ``split.json``) describes from the given records."""
+    seed = int(info.get("seed", 0))
+    fractions = tuple(info.get("fractions", DEFAULT_SPLIT))
+    if int(info.get("folds", 0)):
+        return split_kfold(records, seed=seed, folds=int(info["folds"]), fold=int(info.get("fold", 0)),
+                           val_fraction=float(fractions[1]))
+    return split_by_patient(records, seed=seed, fractions=fractions)
 
 
 def check_no_overlap(*, train_patients: list[str] | set[str], eval_patients: list[str] | set[str]) -> None:

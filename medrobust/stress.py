@@ -632,12 +632,11 @@ def test_samples(roots: Sequence[str | Path], card: dict[str, Any], *, limit: in
 
     Raises :class:`medrobust.data.DataError` when the folders cannot be read.
     """
-    from medrobust.data import read_records, split_by_patient
+    from medrobust.data import read_records, split_from_info
 
     records, _ = read_records([Path(r) for r in roots])
     split_info = card.get("split", {}) or {}
-    split = split_by_patient(records, seed=int(split_info.get("seed", 0)),
-                             fractions=tuple(split_info.get("fractions", (0.7, 0.1, 0.2))))
+    split = split_from_info(records, split_info)
     train_patients = set(split_info.get("train_patients", []))
     test = set(split.images["test"])
     out = [Sample(r.key, r.label, r.path) for r in records if r.key in test and r.patient not in train_patients]

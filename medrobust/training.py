@@ -35,7 +35,7 @@ from medrobust import __version__, distributed
 from medrobust.attacks import autocast_for, pgd, scale_eps
 from medrobust.augmix import AugMixConfig, augmix
 from medrobust.checkpoints import atomic_save_tensors, atomic_write_text, load_checkpoint, save_checkpoint
-from medrobust.data import Dataset, Split, load_dataset, split_by_patient
+from medrobust.data import Dataset, Split, load_dataset, split_by_patient, split_kfold
 from medrobust.methods import LossTools, get_method
 from medrobust.metrics import DEGENERATE_THRESHOLD, classification_metrics
 from medrobust.models import build_model, load_imagenet_into
@@ -68,6 +68,8 @@ class TrainConfig:
     jsd_weight: float = 12.0
     seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    folds: int = 0  # 0: one split by split_fractions; K >= 2: patient-level K-fold, test = fold ``fold``
+    fold: int = 0
     init: str | None = None  # None, "imagenet" or a checkpoint path
     select: str = "last"  # "last" | "best_val_bacc"
     max_batches: int | None = None  # cap per epoch (smoke runs)
@@ -87,6 +89,8 @@ class TrainConfig:
             (self.class_balance in ("weights", "none"), f"class_balance must be 'weights' or 'none', got {self.class_balance!r}"),
             (self.select in ("last", "best_val_bacc"), f"select must be 'last' or 'best_val_bacc', got {self.select!r}"),
             (self.max_batches is None or self.max_batches >= 1, "max_batches must be >= 1"),
+            (self.folds == 0 or self.folds >= 2, f"folds must be 0 (no cross-validation) or >= 2, got {self.folds}"),
+            (0 <= self.fold < max(self.folds, 1), f"fold must be in 0..{max(self.folds, 1) - 1}, got {self.fold}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -248,13 +252,19 @@ def _remove_stale_temps(run_dir: Path) -> None:
             pass
 
 
-def _initialise(model, init: str | None) -> None:
+def _initialise(model, init: str | None, *, split: Split) -> None:
+    """Load the starting weights; a medrobust checkpoint must not have trained on this run's test patients."""
     if init is None:
         return
     if init == "imagenet":
         load_imagenet_into(model)
         return
-    source, _ = load_checkpoint(init)
+    source, card = load_checkpoint(init)
+    seen = card.get("split", {}).get("train_patients", []) + card.get("split", {}).get("val_patients", [])
+    leaked = set(seen) & set(split.patients["test"])
+    if leaked:
+        raise ValueError(f"--init {init} was trained on {len(leaked)} of this run's test patient(s); start from a "
+                         "model of the same split or fold (for cross-validation: the same fold's model).")
     model.load_state_dict(source.state_dict())
 
 
@@ -268,7 +278,11 @@ def prepare_data(config: TrainConfig, roots, *, run_dir: Path, progress: bool = 
         if missing:
             raise ValueError(f"The run's split names {len(missing)} image(s) not in the data folders given.")
     else:
-        split = split_by_patient(data.records, seed=config.seed, fractions=config.split_fractions)
+        if config.folds:
+            split = split_kfold(data.records, seed=config.seed, folds=config.folds, fold=config.fold,
+                                val_fraction=config.split_fractions[1])
+        else:
+            split = split_by_patient(data.records, seed=config.seed, fractions=config.split_fractions)
         for part in ("train", "test"):
             if not split.images[part]:
                 raise ValueError(f"The {part} split is empty; give more data or change split fractions.")
@@ -317,7 +331,7 @@ def train(
     device = dinfo.device
     torch.manual_seed(config.seed)  # torchvision's init draws from the global RNG
     model = build_model()
-    _initialise(model, config.init)
+    _initialise(model, config.init, split=split)
     model = model.to(device).to(memory_format=torch.channels_last)
     # Under torchrun the loss runs through DDP (gradients averaged over ranks); attacks and
     # validation use the bare module, which needs no gradient synchronisation.
@@ -450,6 +464,7 @@ def train(
         "selection_rule": config.select,
         "image_size": config.image_size,
         "split": {"hash": split.hash, "seed": split.seed, "fractions": list(split.fractions),
+                  "folds": split.folds, "fold": split.fold,
                   "train_patients": split.patients["train"], "val_patients": split.patients["val"],
                   "counts": {k: len(v) for k, v in split.images.items()}},
         "data": data.report.to_dict(),
