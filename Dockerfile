@@ -24,10 +24,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# One layer for the dependencies, so code changes do not reinstall torch.
+# One layer for the dependencies (pyproject's core + "app" extra at the versions of constraints.txt), so
+# code changes do not reinstall torch: only the version file of the package is needed to resolve them,
+# and the partial package is uninstalled again; the app runs from /app.
 ARG TORCH_INDEX_URL=
-COPY requirements.txt .
-RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r requirements.txt
+COPY pyproject.toml constraints.txt README.md ./
+COPY medrobust/__init__.py medrobust/__init__.py
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -c constraints.txt ".[app]" \
+    && pip uninstall -y medrobust && rm -rf medrobust build ./*.egg-info
 
 COPY --from=app-files /src/ /app/
 

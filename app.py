@@ -3,21 +3,22 @@
 Pages (st.navigation; the Overview is the landing page): Overview, Stress test, Calibration,
 Training, Downloads. Pages are thin: all computing lives in the medrobust package.
 
-The page scripts live in views/, not pages/: Streamlit treats a pages/ folder as the legacy
-multipage layout, and with both present a reload of e.g. /training ran views without app.py
-(no navigation, no page config) - seen in a real browser.
+The page scripts live in views/, not pages/: Streamlit 1.67 routes any request through a pages/
+folder beside the entry point until st.navigation first runs (runtime/pages_manager.py), so a
+reload of e.g. /training ran a page without app.py (no navigation, no page config). The Stress
+test's script is views/stress_lab.py: a name ending in _test.py would be collected by pytest.
 """
 
 import streamlit as st
 
-from medrobust.hosting import keep_uploads_in_memory
+from medrobust.dashboard.hosting import keep_uploads_in_memory
 
 keep_uploads_in_memory()  # uploads never touch /tmp (Starlette would spool files over 1 MB there)
 st.set_page_config(page_title="medrobust — chest X-ray robustness", page_icon=":material/radiology:", layout="wide")
 
 PAGES = [
     st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-    st.Page("views/stress_test.py", title="Stress test", icon=":material/science:", url_path="stress-test"),
+    st.Page("views/stress_lab.py", title="Stress test", icon=":material/science:", url_path="stress-test"),
     st.Page("views/calibration.py", title="Calibration", icon=":material/target:", url_path="calibration"),
     st.Page("views/training.py", title="Training", icon=":material/model_training:", url_path="training"),
     st.Page("views/downloads.py", title="Downloads", icon=":material/download:", url_path="downloads"),

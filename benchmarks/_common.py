@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from medrobust.attacks import cpu_bf16_is_fast  # noqa: E402
+from medrobust.attacks import cpu_bf16_is_fast
 
 
 # ---- command line ----------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-for p in (REPO, REPO / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+# The load test drives the same Streamlit client and image staging as the test suite's hosting tests.
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
 
 import numpy as np  # noqa: E402
 
@@ -61,7 +61,7 @@ def session_image(session: int) -> bytes:
 
 def expected_answers(checkpoints: Path, sessions: int, n: int) -> dict[tuple[int, int], list[tuple[str, float]]]:
     """What each prediction must show: per model (in card order), the class and P(COVID-19)."""
-    from medrobust import stress
+    from medrobust.dashboard import stress
     from medrobust.imaging import decode_image
 
     model_set = stress.load_model_set(checkpoints)

@@ -3,6 +3,53 @@
 Reproduces and extends Martínez-Martínez & Nabavi, "Addressing Vulnerability in Medical Deep
 Learning through Robust Training". Images are 1-channel floats in [0, 1]; models normalise inside
 ``forward`` so every epsilon is in pixel units.
+
+The public API is listed in ``__all__`` and loaded lazily (PEP 562): ``import medrobust`` costs
+nothing, and ``medrobust.pgd`` imports torch only when first used.
+
+Examples
+--------
+>>> import medrobust
+>>> medrobust.scale_eps(4.0, norm="l2", side=128)  # an L2 budget stated at 224 px, at 128 px
+2.2857142857142856
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+#: public name -> the module that defines it
+_API: dict[str, str] = {
+    # science
+    "XrayResNet": "models", "build_model": "models",
+    "pgd": "attacks", "pgd_multi_eps": "attacks", "scale_eps": "attacks",
+    "apply_corruption": "corruptions",
+    "augmix": "augmix", "jsd_loss": "augmix",
+    "classification_metrics": "metrics", "bootstrap_ci": "metrics", "reliability_bins": "metrics",
+    "Method": "choices", "Norm": "choices", "Noise": "choices", "CLASS_NAMES": "choices",
+    # workflows
+    "load_dataset": "data", "read_records": "data", "split_by_patient": "data", "split_kfold": "data",
+    "load_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
+    "TrainConfig": "training", "PRESETS": "training", "preset_config": "training", "train": "training",
+    "EvalConfig": "evaluation", "evaluate_model": "evaluation", "write_results": "evaluation",
+    "load_results": "evaluation",
+    "render_report": "report",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medrobust' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"medrobust.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from medrobust import settings
+from medrobust.choices import Norm as NormChoice, parse_choice
 
 Norm = Literal["l2", "linf"]
 REFERENCE_SIDE = 224
@@ -34,25 +36,28 @@ def scale_eps(eps: float, *, norm: Norm, side: int, reference_side: int = REFERE
 
 
 def _check_norm(norm: str) -> None:
-    if norm not in ("l2", "linf"):
-        raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}.")
+    parse_choice(NormChoice, norm)
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_bf16_is_fast() -> bool:
-    """Whether this CPU has native bf16 (AVX-512 BF16 / AMX) for oneDNN.
-
-    Measured here: on Zen 4 with AVX-512 BF16, channels_last + bf16 autocast trained ResNet-18 3x
-    faster than fp32; on an AVX2-only Zen 3, bf16 autocast ran 16x *slower* (1.9 vs 31 img/s at
-    128 px), because bf16 is emulated. ``MEDROBUST_CPU_BF16=1``/``0`` overrides the detection.
-    """
-    override = os.environ.get("MEDROBUST_CPU_BF16")
-    if override in ("0", "1"):
-        return override == "1"
+def _cpu_has_native_bf16() -> bool:
+    """The hardware fact (cached: it cannot change within a process)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_bf16_is_fast() -> bool:
+    """Whether to run bf16 autocast on this CPU: native bf16 (AVX-512 BF16 / AMX) for oneDNN.
+
+    Measured here: on Zen 4 with AVX-512 BF16, channels_last + bf16 autocast trained ResNet-18 3x
+    faster than fp32; on an AVX2-only Zen 3, bf16 autocast ran 16x *slower* (1.9 vs 31 img/s at
+    128 px), because bf16 is emulated. ``MEDROBUST_CPU_BF16=1``/``0`` overrides the detection; it is
+    read on every call (only the hardware probe is cached), so changing it takes effect at once.
+    """
+    override = settings.cpu_bf16_override()
+    return _cpu_has_native_bf16() if override is None else override
 
 
 def autocast_for(device: torch.device | str, enabled: bool = True):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
+from medrobust.fileio import atomic_write_bytes, atomic_write_text
 from medrobust.models import XrayResNet, build_model
 
 CARD_VERSION = 1
@@ -37,54 +37,6 @@ def sha256_file(path: str | Path) -> str:
 
 def card_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file.
-
-    On any failure (disk full, read-only folder) the temp file is removed, an existing ``path`` is
-    left as it was, and the OSError names ``path`` (not the temp file).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """A safetensors file written atomically (serialised in memory, then :func:`atomic_write_bytes`)."""
-    data = save_tensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data)
 
 
 def model_tensors(model: torch.nn.Module, *, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from medrobust import settings
 from medrobust.methods import METHODS
 
 EXIT_USAGE = 2
-DEFAULT_RUNS = Path("runs")
-DEFAULT_RESULTS = Path("results")
 
 
 def _non_negative(text: str) -> float:
@@ -80,8 +78,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medrobust.training import PRESETS
-
     parser = argparse.ArgumentParser(
         prog="python -m medrobust",
         description="Train and benchmark chest X-ray classifiers for robustness and calibration.",
@@ -109,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoints", nargs="*", type=Path,
                    help="model .safetensors files or run folders (default: the newest run in runs/)")
     _add_data(e)
-    e.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="results folder (default results/)")
+    e.add_argument("--out", type=Path, help="results folder (default $MEDROBUST_RESULTS, else results/)")
     e.add_argument("--eps", type=_eps_list, help="comma-separated radii stated at 224 px (default 1,2,3,4,5)")
     e.add_argument("--norm", choices=["l2", "linf"], default="l2")
     e.add_argument("--steps", type=_positive_int, default=20, help="PGD steps (default 20)")
@@ -133,9 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _newest_run() -> Path:
-    runs = sorted(DEFAULT_RUNS.glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
+    runs = sorted(settings.runs_dir().glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise FileNotFoundError("No trained model found in runs/; train one first or pass a checkpoint.")
+        raise FileNotFoundError(f"No trained model found in {settings.runs_dir()}/; train one first or pass a checkpoint.")
     return runs[-1]
 
 
@@ -158,11 +154,11 @@ def _train_config(args, **extra):
 
 
 def cmd_train(args) -> int:
-    from medrobust.data import data_roots
+    from medrobust.settings import data_roots
     from medrobust.training import train
 
     config = _train_config(args)
-    out = args.out or DEFAULT_RUNS / f"{config.method}-{config.preset}-s{config.seed}"
+    out = args.out or settings.runs_dir() / f"{config.method}-{config.preset}-s{config.seed}"
     roots = data_roots(args.data)
     result = train(config, roots=roots, run_dir=out, show_progress=args.progress)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -177,7 +173,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_cv(args) -> int:
-    from medrobust.data import data_roots
+    from medrobust.settings import data_roots
     from medrobust.training import train
 
     folds = args.folds or 5
@@ -186,7 +182,7 @@ def cmd_cv(args) -> int:
     if args.init and args.init_cv:
         raise ValueError("give --init or --init-cv, not both.")
     first = _train_config(args, folds=folds, fold=0)
-    out = args.out or DEFAULT_RUNS / f"cv-{first.method}-{first.preset}-s{first.seed}"
+    out = args.out or settings.runs_dir() / f"cv-{first.method}-{first.preset}-s{first.seed}"
     roots = data_roots(args.data)
     for fold in range(folds):
         init = args.init
@@ -209,7 +205,8 @@ def cmd_cv(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from medrobust.data import DataError, check_no_overlap, data_roots, load_dataset, split_from_info
+    from medrobust.data import DataError, check_no_overlap, load_dataset, split_from_info
+    from medrobust.settings import data_roots
     from medrobust.checkpoints import CheckpointError, load_checkpoint
     from medrobust.evaluation import EvalConfig, evaluate_model, write_results
     from medrobust import distributed
@@ -249,7 +246,7 @@ def cmd_evaluate(args) -> int:
         result["world_size"] = dinfo.world
         if not dinfo.is_main:  # every rank computed the same merged result; rank 0 writes it
             continue
-        paths = write_results(result, args.out)
+        paths = write_results(result, args.out or settings.results_dir())
         flag = "  DEGENERATE (one class for >= 95 % of images)" if result["degenerate"] else ""
         print(f"{name}: clean acc {result['clean']['accuracy']:.3f} (balanced {result['clean']['balanced_accuracy']:.3f}), "
               f"PGD mean {result['summary']['pgd_' + config.norm]['accuracy']:.3f}, {result['timing']['total_s']:.0f} s "
@@ -263,7 +260,7 @@ def cmd_report(args) -> int:
 
     paths = args.results
     if not paths:
-        paths = [DEFAULT_RESULTS] if DEFAULT_RESULTS.is_dir() else [Path("checkpoints") / "results"]
+        paths = [settings.results_dir()] if settings.results_dir().is_dir() else [settings.shipped_results_dir()]
     text = render_report(load_results(paths))
     print(text)
     if args.out:

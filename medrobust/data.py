@@ -24,13 +24,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from medrobust import settings
+from medrobust.choices import CLASS_NAMES
+from medrobust.fileio import atomic_write_text
 from medrobust.imaging import ImageDecodeError, load_image_file
 
 FRONTAL_VIEWS = frozenset({"PA", "AP", "AP SUPINE", "AP ERECT"})
-CLASS_NAMES = ("non-COVID", "COVID-19")
 #: Bump when preprocessing changes so stale caches are never reused.
 PREPROCESS_VERSION = 1
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
@@ -72,17 +73,6 @@ class DataReport:
     def to_dict(self) -> dict:
         return {"roots": self.roots, "kept": self.kept, "dropped": dict(self.dropped),
                 "per_class": {CLASS_NAMES[c]: n for c, n in self.per_class.items()}}
-
-
-def data_roots(cli_roots: list[str] | None = None) -> list[Path]:
-    """The data roots from ``--data`` (repeatable), else ``MEDROBUST_DATA`` (os.pathsep-separated), else ``data/``."""
-    if cli_roots:
-        roots = list(cli_roots)
-    elif os.environ.get("MEDROBUST_DATA"):
-        roots = [r for r in os.environ["MEDROBUST_DATA"].split(os.pathsep) if r]
-    else:
-        roots = ["data"]
-    return [Path(r).expanduser() for r in roots]
 
 
 def _label(finding: str) -> int | None:
@@ -174,11 +164,6 @@ def _inputs_hash(records: list[Record], size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_dir() -> Path:
-    """Where preprocessed tensors live: ``MEDROBUST_CACHE`` or ``~/.cache/medrobust``."""
-    return Path(os.environ.get("MEDROBUST_CACHE", Path.home() / ".cache" / "medrobust")).expanduser()
-
-
 @dataclass
 class Dataset:
     """The whole preprocessed data set as one uint8 tensor (N, 1, S, S) plus labels and records."""
@@ -211,7 +196,7 @@ def load_dataset(roots: list[Path] | list[str], *, image_size: int, use_cache: b
     if not records:
         raise DataError(f"No labelled frontal X-ray found in {', '.join(map(str, roots))} ({report.summary()}).")
     key = _inputs_hash(records, image_size)
-    cache = cache_dir() / f"dataset-{key}.pt"
+    cache = settings.cache_dir() / f"dataset-{key}.pt"
     all_keys = [r.key for r in records]
     if use_cache and cache.is_file():
         try:
@@ -299,8 +284,6 @@ class Split:
         return split
 
     def save(self, path: Path) -> None:
-        from medrobust.checkpoints import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod

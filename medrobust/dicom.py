@@ -15,25 +15,18 @@ at once rather than piling up.
 from __future__ import annotations
 
 import io
-import os
 import threading
 from typing import Any, Callable
 
 import numpy as np
 
-from medrobust.imaging import DecodedImage, ImageDecodeError
+from medrobust import settings
+from medrobust.image_types import DecodedImage, ImageDecodeError
 
 
-def _timeout_from_env(default: float = 15.0) -> float:
-    try:
-        value = float(os.environ.get("MEDROBUST_DICOM_TIMEOUT_S") or default)
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
-#: Wall-clock limit for decoding one DICOM file, in seconds (``MEDROBUST_DICOM_TIMEOUT_S``, default 15).
-DECODE_TIMEOUT_S = _timeout_from_env()
+#: Wall-clock limit for decoding one DICOM file, in seconds; None: ``settings.dicom_timeout_s()``
+#: (``MEDROBUST_DICOM_TIMEOUT_S``, default 15), read per file.
+DECODE_TIMEOUT_S: float | None = None
 #: Timed-out decoders allowed to run on in the background before new DICOM files are refused.
 MAX_STUCK = 2
 
@@ -95,7 +88,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, timeout_s: float | None = None
     Raises :class:`ImageDecodeError` (fixed messages, never a tag value) for anything unusable,
     including a decode that runs past ``timeout_s`` (default :data:`DECODE_TIMEOUT_S`).
     """
-    limit = DECODE_TIMEOUT_S if timeout_s is None else float(timeout_s)
+    limit = float(timeout_s if timeout_s is not None else DECODE_TIMEOUT_S or settings.dicom_timeout_s())
     return _run_with_time_limit(lambda: _decode(data, max_pixels=max_pixels), limit)
 
 

@@ -12,17 +12,17 @@ from a fresh random start, and the restart accuracy is reported beside the singl
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from medrobust.choices import CLASS_NAMES, Norm, parse_choice
 from medrobust.attacks import autocast_for, pgd_multi_eps, scale_eps
 from medrobust.corruptions import SEVERITIES, apply_corruption
 from medrobust.metrics import bootstrap_ci, classification_metrics, reliability_bins
@@ -53,8 +53,7 @@ class EvalConfig:
             raise ValueError(f"eps must be >= 0, got {self.eps}.")
         if self.pgd_steps < 1:
             raise ValueError(f"pgd_steps must be >= 1, got {self.pgd_steps}.")
-        if self.norm not in ("l2", "linf"):
-            raise ValueError(f"norm must be 'l2' or 'linf', got {self.norm!r}.")
+        parse_choice(Norm, self.norm)
         if self.restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {self.restarts}.")
         if any(s < 0 for s in self.severities):
@@ -234,7 +233,7 @@ def evaluate_model(
         "method": card.get("method", "unknown"),
         "image_size": side,
         "n_test": n,
-        "n_per_class": {"non-COVID": int((y_np == 0).sum()), "COVID-19": int((y_np == 1).sum())},
+        "n_per_class": {CLASS_NAMES[c]: int((y_np == c).sum()) for c in range(len(CLASS_NAMES))},
         "degenerate": degenerate,
         "majority_fraction": clean_m["majority_fraction"],
         "params": {**asdict(config), "eps_pixels": eps_px,
@@ -275,7 +274,7 @@ def long_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def write_results(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``<name>.json``, ``<name>.csv`` (long format) and ``<name>.predictions.csv``."""
-    from medrobust.checkpoints import atomic_write_text
+    from medrobust.fileio import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+from medrobust.image_types import DecodedImage, ImageDecodeError
 
 #: Largest pixel count we decode (a 30000x30000 "decompression bomb" is 9e8 pixels).
 MAX_PIXELS = 60_000_000
@@ -29,20 +30,6 @@ PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
 #: ``to_square`` first cuts the long side to this many times the short one, so a 1 x 100000 strip is
 #: never upsampled into a gigabyte-sized tensor before the centre crop (ordinary X-rays are untouched).
 MAX_ASPECT = 4.0
-
-
-class ImageDecodeError(ValueError):
-    """A file could not be turned into an X-ray image; the message is safe to show to a user."""
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """A grey image in [0, 1] with what was learnt while decoding it (never patient tags)."""
-
-    pixels: np.ndarray  # float32, (H, W), values in [0, 1]
-    format: str  # "PNG", "JPEG", "DICOM", ...
-    bit_depth: int
-    note: str = ""
 
 
 def _is_dicom(data: bytes) -> bool:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medrobust.augmix import JSD_WEIGHT, jsd_loss
+from medrobust.choices import METHOD_NAMES, Method as MethodChoice, parse_choice
 
 
 @dataclass
@@ -107,9 +108,9 @@ METHODS: dict[str, Method] = {
 }
 
 
+assert tuple(METHODS) == METHOD_NAMES, "medrobust.choices.Method and the loss registry must list the same methods"
+
+
 def get_method(name: str) -> Method:
     """Look a method up by name; unknown names raise ``ValueError`` listing the valid ones."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"Unknown method {name!r}; choose one of {', '.join(METHODS)}.") from None
+    return METHODS[parse_choice(MethodChoice, name).value]

@@ -10,7 +10,7 @@ Everything here is plain NumPy so that evaluation code can run without torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -34,6 +34,9 @@ _NLL_CLIP = 1e-12
 # Softmax outputs computed in float16/float32 do not sum to exactly 1; anything looser
 # than this is more likely logits or unnormalised scores passed by mistake.
 _ROW_SUM_ATOL = 1e-3
+# Resamples are evaluated in blocks of about this many (resample, sample) cells, so the
+# float work arrays (16 MB each) stay around 100 MB in all however large n_boot * n gets.
+_BLOCK_CELLS = 1 << 21
 
 _BOOTSTRAP_METRICS = (
     "accuracy",
@@ -343,41 +346,125 @@ def _auroc_weighted(
     return _safe_ratio(wins, pairs)
 
 
+def _multiplicities(idx: NDArray[np.intp], n: int) -> NDArray[np.float64]:
+    """How often each of ``n`` items occurs in each row of ``idx``, shape ``(rows, n)``.
+
+    One bincount over row-offset indices counts all rows at once.
+    """
+    n_rows = idx.shape[0]
+    offsets = (np.arange(n_rows) * n)[:, None]
+    flat = np.bincount((idx + offsets).ravel(), minlength=n_rows * n)
+    return flat.reshape(n_rows, n).astype(np.float64)
+
+
+def _row_blocks(n_rows: int, n: int, block_cells: int) -> Iterator[slice]:
+    """Consecutive row slices of about ``block_cells`` cells of an ``(n_rows, n)`` matrix."""
+    rows = max(1, block_cells // max(1, n))
+    for start in range(0, n_rows, rows):
+        yield slice(start, start + rows)
+
+
+def _percentile_interval(values: NDArray[np.float64], level: float) -> tuple[float, float]:
+    """Percentile interval of the defined (non-nan) replicates; (nan, nan) if none."""
+    kept = values[~np.isnan(values)]
+    if kept.size == 0:
+        # np.nanpercentile would warn on an all-nan slice; the answer is known.
+        return float("nan"), float("nan")
+    tail = 100.0 * (1.0 - level) / 2.0
+    lo, hi = np.percentile(kept, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
 def _resampled_metrics(
     y: NDArray[np.int64],
     p2: NDArray[np.float64],
     names: Sequence[str],
-    idx: NDArray[np.intp] | None,
+    weights: NDArray[np.float64] | None,
 ) -> dict[str, NDArray[np.float64]]:
-    """Metrics for each row of the resample index matrix ``idx``.
+    """Metrics of the sample reweighted by each row of ``weights``.
 
-    ``idx=None`` means the sample itself (one row, each sample once), so point
-    estimates and bootstrap replicates share one definition. Every metric except AUROC
-    is a ratio of per-sample sums, so a gather plus a row sum evaluates it for all
-    resamples at once.
+    The one definition of the resampled metrics: point estimates
+    (:func:`classification_metrics`), the per-sample bootstrap (:func:`bootstrap_ci`)
+    and the patient bootstrap (:mod:`medrobust.stats`) all evaluate it. Every metric
+    except AUROC is a ratio of weighted per-sample sums, so one matrix-vector product
+    per sum evaluates it for all rows at once; AUROC uses the weights as tie-aware
+    pair counts (:func:`_auroc_weighted`). Each row is computed independently of the
+    others, so splitting the rows into blocks gives bit-identical results.
+
+    Parameters
+    ----------
+    y : numpy.ndarray of int64, shape (n,)
+        Labels, already validated as 0/1.
+    p2 : numpy.ndarray of float64, shape (n, 2)
+        Class probabilities, already validated.
+    names : sequence of str
+        Metric names, each one of ``_BOOTSTRAP_METRICS``.
+    weights : numpy.ndarray of float64, shape (rows, n), or None
+        ``weights[b, i]`` is the multiplicity of sample ``i`` in resample ``b``: how
+        often it was drawn (non-negative; whole numbers for bootstrap draws). Rows
+        need not sum to ``n``. ``None`` means the sample itself, one row with every
+        sample counted once.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray, shape (rows,)
+        One value per row of ``weights`` (shape ``(1,)`` when it is ``None``), with the
+        definitions of :func:`classification_metrics` applied to the reweighted
+        sample: class and hit counts are weighted sums, and means (accuracy, NLL,
+        Brier, entropy, positive rate) divide by the row's total weight, the
+        resample's size. nan where a metric is undefined: sensitivity, specificity or
+        AUROC with a class absent from the row, anything in a row of total weight 0.
+
+    Raises
+    ------
+    ValueError
+        On a name that is not a supported metric.
+
+    Examples
+    --------
+    Weight 2 on a sample is the same as listing it twice:
+
+    >>> y = np.array([0, 1, 1])
+    >>> p2 = np.array([[0.8, 0.2], [0.7, 0.3], [0.1, 0.9]])
+    >>> w = _resampled_metrics(y, p2, ("accuracy", "nll"), np.array([[2.0, 0.0, 1.0]]))
+    >>> rep = _resampled_metrics(y[[0, 0, 2]], p2[[0, 0, 2]], ("accuracy", "nll"), None)
+    >>> bool(w["accuracy"][0] == rep["accuracy"][0] == 1.0)
+    True
+    >>> bool(np.isclose(w["nll"][0], rep["nll"][0]))
+    True
     """
     n = y.size
-    if idx is None:
-        def row_sums(v: NDArray[np.float64]) -> NDArray[np.float64]:
+    if weights is None:
+        total = np.array([float(n)])
+
+        def weighted_sum(v: NDArray[np.float64]) -> NDArray[np.float64]:
             return np.array([np.sum(v)])
     else:
-        def row_sums(v: NDArray[np.float64]) -> NDArray[np.float64]:
-            return np.sum(np.take(v, idx), axis=1)
+        total = weights.sum(axis=1)
+
+        def weighted_sum(v: NDArray[np.float64]) -> NDArray[np.float64]:
+            # einsum rather than ``weights @ v``: BLAS gemv rounds differently with the
+            # number of rows (so the blocking would change results) and, multithreaded
+            # on a busy machine, was up to 100x slower. einsum sums each row on its own.
+            return np.einsum("ij,j->i", weights, v)
+
+    def weighted_mean(v: NDArray[np.float64]) -> NDArray[np.float64]:
+        return _safe_ratio(weighted_sum(v), total)
 
     preds = np.argmax(p2, axis=1)
     pos = (y == 1).astype(np.float64)
     hit = (preds == y).astype(np.float64)
-    n_pos = row_sums(pos)
-    n_neg = n - n_pos
-    tp = row_sums(hit * pos)
-    tn = row_sums(hit * (1.0 - pos))
+    n_pos = weighted_sum(pos)
+    n_neg = total - n_pos
+    tp = weighted_sum(hit * pos)
+    tn = weighted_sum(hit * (1.0 - pos))
     sens = _safe_ratio(tp, n_pos)
     spec = _safe_ratio(tn, n_neg)
 
     out: dict[str, NDArray[np.float64]] = {}
     for name in names:
         if name == "accuracy":
-            out[name] = (tp + tn) / n
+            out[name] = _safe_ratio(tp + tn, total)
         elif name == "sensitivity":
             out[name] = sens
         elif name == "specificity":
@@ -389,26 +476,18 @@ def _resampled_metrics(
                 (n_pos > 0) & (n_neg > 0), (sens + spec) / 2.0, np.where(n_pos > 0, sens, spec)
             )
         elif name == "auroc":
-            if idx is None:
-                counts = np.ones((1, n))
-            else:
-                # Unlike the other metrics AUROC needs each resample's multiplicities,
-                # not a row sum; one bincount over row-offset indices gets them all.
-                n_boot = idx.shape[0]
-                offsets = (np.arange(n_boot) * n)[:, None]
-                flat = np.bincount((idx + offsets).ravel(), minlength=n_boot * n)
-                counts = flat.reshape(n_boot, n).astype(np.float64)
+            counts = np.ones((1, n)) if weights is None else weights
             out[name] = _auroc_weighted(counts, p2[:, 1], y)
         elif name == "nll":
             p_true = np.clip(p2[np.arange(n), y], _NLL_CLIP, 1.0)
-            out[name] = row_sums(-np.log(p_true)) / n
+            out[name] = weighted_mean(-np.log(p_true))
         elif name == "brier":
             onehot = np.stack([1.0 - pos, pos], axis=1)
-            out[name] = row_sums(np.sum((p2 - onehot) ** 2, axis=1)) / n
+            out[name] = weighted_mean(np.sum((p2 - onehot) ** 2, axis=1))
         elif name == "entropy":
-            out[name] = row_sums(predictive_entropy(probs=p2)) / n
+            out[name] = weighted_mean(predictive_entropy(probs=p2))
         elif name == "positive_rate":
-            out[name] = row_sums((preds == 1).astype(np.float64)) / n
+            out[name] = weighted_mean((preds == 1).astype(np.float64))
         else:
             raise ValueError(
                 f"unknown metric {name!r}; supported: {', '.join(_BOOTSTRAP_METRICS)}"
@@ -502,7 +581,7 @@ def classification_metrics(*, labels: ArrayLike, probs: ArrayLike) -> dict[str, 
         p2,
         ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auroc",
          "nll", "brier"),
-        idx=None,
+        weights=None,
     )
     conf, correct, preds = _top_label(y, p2)
     majority = _majority_fraction(preds)
@@ -536,9 +615,11 @@ def bootstrap_ci(
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap confidence intervals over samples.
 
-    All resamples are drawn at once as an ``(n_boot, n)`` index matrix and every metric
-    is evaluated for all of them with array operations, so 1000 resamples of ~100
-    samples take a few milliseconds. Memory is ``O(n_boot * n)``.
+    All resamples are drawn at once as an ``(n_boot, n)`` index matrix; each one is
+    evaluated as the original samples weighted by how often they were drawn, with
+    array operations over blocks of resamples, so 1000 resamples of ~100 samples take
+    about 10 ms. Memory is the ``O(n_boot * n)`` integer index matrix plus float work
+    arrays for a bounded block of resamples (around 100 MB at most).
 
     Parameters
     ----------
@@ -589,15 +670,11 @@ def bootstrap_ci(
     n = y.size
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(int(n_boot), n))
-    replicates = _resampled_metrics(y, p2, names, idx=idx)
-    tail = 100.0 * (1.0 - level) / 2.0
-    out: dict[str, tuple[float, float]] = {}
-    for name in names:
-        values = replicates[name][~np.isnan(replicates[name])]
-        if values.size == 0:
-            # np.nanpercentile would warn on an all-nan slice; the answer is known.
-            out[name] = (float("nan"), float("nan"))
-            continue
-        lo, hi = np.percentile(values, [tail, 100.0 - tail])
-        out[name] = (float(lo), float(hi))
-    return out
+    blocks = [
+        _resampled_metrics(y, p2, names, weights=_multiplicities(idx[rows], n))
+        for rows in _row_blocks(idx.shape[0], n, _BLOCK_CELLS)
+    ]
+    return {
+        name: _percentile_interval(np.concatenate([b[name] for b in blocks]), level)
+        for name in names
+    }

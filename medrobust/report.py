@@ -5,17 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from medrobust.palette import METHOD_ORDER as METHODS  # the registry's names, without importing torch
+from medrobust import paper
+from medrobust.choices import METHOD_NAMES as METHODS  # the registry's names, without importing torch
 
-#: The paper's reported numbers, filled where known (None = not reported / not found), per method.
-#: Keys read by the dashboard: Table I "clean", "pgd", "noise" (accuracy as a fraction);
-#: Table II "rmsce", "entropy".
-PAPER_TABLE_I: dict[str, dict[str, float | None]] = {m: {} for m in METHODS}
-# The only per-model number we could verify: the paper reports 95.96 % clean accuracy for its robust model.
-# Its full tables (IEEE CAI 2023, doi page ieeexplore 10195019) were not retrievable here.
-PAPER_TABLE_I["robust"] = {"clean": 0.9596}
-PAPER_TABLE_II: dict[str, dict[str, float | None]] = {m: {} for m in METHODS}
-PAPER_SOURCE = "Martínez-Martínez & Nabavi, 'Addressing Vulnerability in Medical Deep Learning through Robust Training'"
+#: The paper's Table I as fractions: "clean", "pgd" (mean over eps 1-5), "gaussian", "salt_and_pepper",
+#: "speckle" (probably means over ten severities); its Table II: "rmsce" (fraction), "entropy" (as printed).
+#: The figures themselves live in :mod:`medrobust.paper`.
+PAPER_TABLE_I: dict[str, dict[str, float | None]] = paper.as_fractions(paper.TABLE_I)
+PAPER_TABLE_II: dict[str, dict[str, float | None]] = paper.as_fractions(paper.TABLE_II)
 
 _ORDER = {name: i for i, name in enumerate(METHODS)}
 
@@ -91,18 +88,6 @@ def table_two(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def paper_tables() -> str:
-    rows = []
-    for m in METHODS:
-        t1, t2 = PAPER_TABLE_I.get(m, {}), PAPER_TABLE_II.get(m, {})
-        if t1 or t2:
-            cells = ", ".join(f"{k} {v}" for k, v in {**t1, **t2}.items() if v is not None)
-            rows.append(f"- {m}: {cells}")
-    if not rows:
-        return ""
-    return f"Paper ({PAPER_SOURCE}):\n" + "\n".join(rows)
-
-
 def render_report(results: Sequence[dict[str, Any]]) -> str:
     """Both tables plus the per-eps table and warnings, as Markdown."""
     if not results:
@@ -110,9 +95,7 @@ def render_report(results: Sequence[dict[str, Any]]) -> str:
     parts = ["### Table I — accuracy / balanced accuracy (%)", table_one(results), "",
              "### PGD accuracy per radius", table_pgd(results), "",
              "### Table II — calibration (clean test images)", table_two(results)]
-    paper = paper_tables()
-    if paper:
-        parts += ["", paper]
+    parts += ["", "### The paper's figures, for comparison", paper.paper_tables_markdown()]
     warns = [r for r in results if r.get("degenerate")]
     for r in warns:
         parts.append(f"\n**Warning:** {r['name']} answers one class for {100 * r['majority_fraction']:.0f} % of test "
@@ -154,12 +137,6 @@ def drop_empty_paper_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [{k: v for k, v in r.items() if k in keep} for r in rows]
 
 
-def paper_numbers_available(table: str | None = None) -> bool:
-    """Whether :data:`PAPER_TABLE_I` (``table="I"``), :data:`PAPER_TABLE_II` (``"II"``) or either holds a number."""
-    tables = {"I": (PAPER_TABLE_I,), "II": (PAPER_TABLE_II,), None: (PAPER_TABLE_I, PAPER_TABLE_II)}[table]
-    return any(v is not None for t in tables for d in t.values() for v in d.values())
-
-
 def table_one_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Table I as rows (strings, %): clean accuracy and balanced accuracy with 95 % CIs, AUROC, the
     mean accuracy / balanced accuracy under PGD and each noise, and the paper's values beside them."""
@@ -183,7 +160,9 @@ def table_one_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         m = r.get("method", "")
         row["paper clean acc"] = _paper(PAPER_TABLE_I, m, "clean")
         row["paper PGD acc"] = _paper(PAPER_TABLE_I, m, "pgd")
-        row["paper noise acc"] = _paper(PAPER_TABLE_I, m, "noise")
+        row["paper Gaussian acc"] = _paper(PAPER_TABLE_I, m, "gaussian")
+        row["paper S&P acc"] = _paper(PAPER_TABLE_I, m, "salt_and_pepper")
+        row["paper speckle acc"] = _paper(PAPER_TABLE_I, m, "speckle")
         rows.append(row)
     return rows
 

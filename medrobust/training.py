@@ -19,22 +19,21 @@ history), so a killed run resumes from its last complete epoch and loses at most
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 
 from medrobust import __version__, distributed
 from medrobust.attacks import autocast_for, pgd, scale_eps
 from medrobust.augmix import AugMixConfig, augmix
-from medrobust.checkpoints import atomic_save_tensors, atomic_write_text, load_checkpoint, save_checkpoint
+from medrobust.choices import Norm, parse_choice
+from medrobust.checkpoints import load_checkpoint, save_checkpoint
+from medrobust.fileio import atomic_save_tensors, atomic_write_text
 from medrobust.data import Dataset, Split, load_dataset, split_by_patient, split_kfold
 from medrobust.methods import LossTools, get_method
 from medrobust.metrics import DEGENERATE_THRESHOLD, classification_metrics
@@ -77,6 +76,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         get_method(self.method)
+        parse_choice(Norm, self.norm)
         checks = [
             (self.image_size >= 32, f"image_size must be >= 32, got {self.image_size}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
@@ -85,7 +85,6 @@ class TrainConfig:
             (self.eps >= 0, f"eps must be >= 0, got {self.eps}"),
             (self.pgd_steps >= 1, f"pgd_steps must be >= 1, got {self.pgd_steps}"),
             (self.eps_ramp_epochs >= 0, f"eps_ramp_epochs must be >= 0, got {self.eps_ramp_epochs}"),
-            (self.norm in ("l2", "linf"), f"norm must be 'l2' or 'linf', got {self.norm!r}"),
             (self.class_balance in ("weights", "none"), f"class_balance must be 'weights' or 'none', got {self.class_balance!r}"),
             (self.select in ("last", "best_val_bacc"), f"select must be 'last' or 'best_val_bacc', got {self.select!r}"),
             (self.max_batches is None or self.max_batches >= 1, "max_batches must be >= 1"),
@@ -127,12 +126,6 @@ def preset_config(preset: str, **overrides: Any) -> TrainConfig:
     base = {**PRESETS[preset], "preset": preset}
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(base).validate()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def eps_for_epoch(config: TrainConfig, epoch: int) -> float:
@@ -289,6 +282,245 @@ def prepare_data(config: TrainConfig, roots, *, run_dir: Path, progress: bool = 
     return data, split
 
 
+@dataclass
+class _Session:
+    """Everything one training run holds between its steps (built by :func:`_prepare`)."""
+
+    config: TrainConfig
+    method: Any
+    run_dir: Path
+    dinfo: Any
+    data: Dataset
+    split: Split
+    log: ProgressLog
+    model: torch.nn.Module
+    net: torch.nn.Module  # ``model``, wrapped in DDP under torchrun
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # orders the data; identical on every rank
+    dev_generator: torch.Generator  # flips, AugMix and PGD starts; differs per rank
+    train_set: Dataset
+    val_set: Dataset
+    class_weight: torch.Tensor | None
+    steps_per_epoch: int
+    show_progress: bool
+    start_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"bacc": -1.0, "epoch": -1})
+
+    @property
+    def device(self) -> torch.device:
+        return self.dinfo.device
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "state.safetensors"
+
+    def cpu_generator(self) -> torch.Generator | None:
+        """The per-rank generator when its state can be checkpointed (CPU only)."""
+        return self.dev_generator if self.device.type == "cpu" else None
+
+
+def _check_same_config(config: TrainConfig, config_file: Path) -> None:
+    if config_file.is_file():
+        old = TrainConfig.from_dict(json.loads(config_file.read_text()))
+        if replace(old, epochs=config.epochs, device=config.device) != replace(config, epochs=config.epochs, device=config.device):
+            raise ValueError(f"{config_file.parent} holds a run with a different config; choose another --out or delete it.")
+
+
+def _prepare(config: TrainConfig, roots, run_dir: Path, *, show_progress: bool) -> _Session:
+    """Check the config, load data and split, build model, optimiser and generators (no epoch run yet)."""
+    config.validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(run_dir)
+    config_file = run_dir / "config.json"
+    _check_same_config(config, config_file)
+    dinfo = distributed.setup(config.device)
+    data, split = prepare_data(config, roots, run_dir=run_dir, progress=show_progress and dinfo.is_main)
+    # Written only once the data are known to be usable, so a failed start leaves no stale config.
+    if dinfo.is_main:
+        atomic_write_text(config_file, json.dumps(config.to_dict(), indent=1))
+        split.save(run_dir / "split.json")
+    device = dinfo.device
+    torch.manual_seed(config.seed)  # torchvision's init draws from the global RNG
+    model = build_model()
+    _initialise(model, config.init, split=split)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    train_set = data.subset(split.images["train"])
+    steps = max(1, len(train_set) // config.batch_size)  # drop the last partial batch (BN needs > 1 sample)
+    return _Session(
+        config=config, method=get_method(config.method), run_dir=run_dir, dinfo=dinfo, data=data, split=split,
+        log=ProgressLog(run_dir / "progress.jsonl" if dinfo.is_main else None), model=model,
+        # Under torchrun the loss runs through DDP (gradients averaged over ranks); attacks and
+        # validation use the bare module, which needs no gradient synchronisation.
+        net=torch.nn.parallel.DistributedDataParallel(model) if dinfo.enabled else model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                  weight_decay=config.weight_decay),
+        generator=torch.Generator(device="cpu").manual_seed(config.seed),
+        dev_generator=torch.Generator(device=device).manual_seed(config.seed + 1 + 1000 * dinfo.rank),
+        train_set=train_set, val_set=data.subset(split.images["val"]),
+        class_weight=class_weights(train_set.labels).to(device) if config.class_balance == "weights" else None,
+        steps_per_epoch=min(steps, config.max_batches) if config.max_batches else steps,
+        show_progress=show_progress,
+    )
+
+
+def _resume(s: _Session) -> None:
+    """Continue after the last complete epoch of ``state.safetensors``, if the run has one."""
+    if not s.state_file.is_file():
+        return
+    try:
+        saved = _load_state(s.state_file, s.model, s.optimizer, s.generator, s.cpu_generator())
+    except Exception as exc:  # written atomically, so only outside damage gets here
+        raise ValueError(f"{s.state_file} cannot be read ({type(exc).__name__}); delete it to restart this run "
+                         "from scratch.") from None
+    s.start_epoch, s.history, s.best = saved.get("epoch", 0), saved.get("history", []), saved.get("best", s.best)
+    if s.start_epoch > s.config.epochs:
+        raise ValueError(f"{s.run_dir} already holds {s.start_epoch} epochs, more than the {s.config.epochs} asked "
+                         "for; ask for at least that many, or use another --out.")
+    s.log.write("resume", epoch=s.start_epoch)
+
+
+def _loss_tools(s: _Session, epoch: int) -> LossTools:
+    config, device = s.config, s.device
+    eps_px = scale_eps(eps_for_epoch(config, epoch), norm=config.norm, side=config.image_size)
+    aug = AugMixConfig(ops=tuple(config.augmix_ops), width=config.augmix_width, depth=config.augmix_depth,
+                       alpha=config.augmix_alpha)
+
+    def adversarial(x, y):
+        return pgd(s.model, x, y, eps=eps_px, steps=config.pgd_steps, norm=config.norm, generator=s.dev_generator)
+
+    return LossTools(autocast=lambda: autocast_for(device), adversarial=adversarial,
+                     augmix=lambda x: augmix(x, ops=aug.ops, width=aug.width, depth=aug.depth, alpha=aug.alpha,
+                                             generator=s.dev_generator),
+                     jsd_weight=config.jsd_weight)
+
+
+def _train_epoch(s: _Session, epoch: int, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """One pass over the shuffled training set; returns loss, accuracy, images/s and seconds."""
+    config, device, dinfo = s.config, s.device, s.dinfo
+    if device.type != "cpu":  # a CUDA generator's state is not checkpointed: reseed per epoch
+        s.dev_generator.manual_seed(config.seed + 1 + 1000 * dinfo.rank + 7919 * epoch)
+    tools = _loss_tools(s, epoch)
+    s.model.train()
+    n, steps = images.shape[0], s.steps_per_epoch
+    perm = torch.randperm(n, generator=s.generator).to(device)
+    t0 = time.time()
+    correct, seen, loss_sum = 0, 0, 0.0
+    bar = None
+    if s.show_progress and dinfo.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
+    for step in range(steps):
+        idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
+        if dinfo.enabled:  # each rank takes its share of the global batch
+            idx = idx[dinfo.rank :: dinfo.world]
+        x = images[idx].float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        y = labels[idx]
+        if config.flip_augment:
+            flip = torch.rand(x.shape[0], generator=s.dev_generator, device=device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        out = s.method.loss(s.net, x, y, class_weight=s.class_weight, tools=tools)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"Loss became {float(out.loss)} at epoch {epoch + 1}, step {step + 1}.")
+        s.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        s.optimizer.step()
+        seen += y.shape[0]
+        loss_sum += float(out.loss.detach()) * y.shape[0]
+        correct += int((out.logits.argmax(1) == y).sum())
+        ips = seen * dinfo.world / max(time.time() - t0, 1e-9)
+        remaining = ((steps - step - 1) + (config.epochs - epoch - 1) * steps) * config.batch_size / ips
+        if bar is not None:
+            bar.set_postfix(loss=f"{float(out.loss.detach()):.3f}", img_s=f"{ips:.1f}")
+            bar.update(1)
+        if step % 5 == 0 or step == steps - 1:
+            s.log.write("step", epoch=epoch + 1, step=step + 1, steps_per_epoch=steps, loss=float(out.loss.detach()),
+                        parts=out.parts, images_per_s=ips, eta_s=remaining)
+    if bar is not None:
+        bar.close()
+    seconds = time.time() - t0
+    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "seconds": seconds,
+            "images_per_s": seen * dinfo.world / max(seconds, 1e-9)}
+
+
+def _validate(s: _Session, model: torch.nn.Module, device: torch.device) -> tuple[dict[str, float], bool]:
+    probs = predict_proba(model, s.val_set.images, device=device).numpy()
+    val = classification_metrics(labels=s.val_set.labels.numpy(), probs=probs) if len(s.val_set) else {}
+    return val, bool(val) and is_collapsed(val)
+
+
+def _end_epoch(s: _Session, epoch: int, stats: dict[str, float]) -> dict[str, Any]:
+    """Validate, remember the best epoch, save the resumable state atomically, log."""
+    val, collapsed = _validate(s, s.model, s.device)
+    record = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_accuracy": stats["train_accuracy"],
+              "eps": eps_for_epoch(s.config, epoch) if s.method.uses_pgd else 0.0, "seconds": stats["seconds"],
+              "images_per_s": stats["images_per_s"],
+              "val": {k: val[k] for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auroc",
+                                          "nll", "majority_fraction") if k in val},
+              "collapsed": collapsed}
+    s.history.append(record)
+    main = s.dinfo.is_main
+    if val and val["balanced_accuracy"] >= s.best["bacc"]:
+        s.best = {"bacc": val["balanced_accuracy"], "epoch": epoch + 1}
+        if s.config.select == "best_val_bacc" and main:
+            atomic_save_tensors(s.run_dir / "best.safetensors", {k: v for k, v in s.model.state_dict().items()})
+    if main:
+        atomic_save_tensors(s.state_file, _state_tensors(s.model, s.optimizer, s.generator, s.cpu_generator()),
+                            metadata={"progress": json.dumps({"epoch": epoch + 1, "history": s.history, "best": s.best})})
+    distributed.barrier(s.dinfo)
+    s.log.write("epoch", **record)
+    return record
+
+
+def _finish(s: _Session, *, wall_start: float) -> TrainResult:
+    """Pick the final weights, validate them on the CPU, write ``model.safetensors`` and its card."""
+    config = s.config
+    final_epoch = config.epochs
+    model = s.model
+    if config.select == "best_val_bacc" and (s.run_dir / "best.safetensors").is_file():
+        with safe_open(str(s.run_dir / "best.safetensors"), framework="pt", device="cpu") as fh:
+            model.load_state_dict({k: fh.get_tensor(k) for k in fh.keys()})
+        final_epoch = s.best["epoch"]
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+    val, collapsed = _validate(s, model, torch.device("cpu"))
+    split = s.split
+    card = {
+        "name": s.run_dir.name,
+        "method": config.method,
+        "method_summary": s.method.summary,
+        "config": config.to_dict(),
+        "epochs_done": len(s.history),
+        "selected_epoch": final_epoch,
+        "selection_rule": config.select,
+        "image_size": config.image_size,
+        "split": {"hash": split.hash, "seed": split.seed, "fractions": list(split.fractions),
+                  "folds": split.folds, "fold": split.fold,
+                  "train_patients": split.patients["train"], "val_patients": split.patients["val"],
+                  "counts": {k: len(v) for k, v in split.images.items()}},
+        "data": s.data.report.to_dict(),
+        "val_metrics": val,
+        "collapsed": collapsed,
+        "train_seconds": sum(h["seconds"] for h in s.history),
+        "device": str(s.device),
+        "world_size": s.dinfo.world,
+        "medrobust_version": __version__,
+        "history": s.history,
+    }
+    if collapsed:
+        card["warning"] = ("COLLAPSED: the final model answers one class for most validation images "
+                           f"(balanced accuracy {val['balanced_accuracy']:.3f}, majority fraction "
+                           f"{val['majority_fraction']:.3f}); its robustness numbers are meaningless.")
+        s.log.write("warning", message=card["warning"])
+    ckpt = s.run_dir / "model.safetensors"
+    if s.dinfo.is_main:
+        card = save_checkpoint(ckpt, model, card)
+    distributed.barrier(s.dinfo)
+    s.log.write("done", checkpoint=str(ckpt), epochs_done=len(s.history), collapsed=collapsed,
+                wall_seconds=time.time() - wall_start, val=val)
+    return TrainResult(run_dir=s.run_dir, checkpoint=ckpt, card=card, history=s.history)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -308,183 +540,20 @@ def train(
     run_dir
         Output folder. If it holds a ``state.safetensors`` from the same config, training resumes
         after its last complete epoch.
+    on_epoch
+        Called with each epoch's record (loss, accuracy, validation metrics, seconds).
     """
-    config.validate()
-    method = get_method(config.method)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(run_dir)
-    config_file = run_dir / "config.json"
-    if config_file.is_file():
-        old = TrainConfig.from_dict(json.loads(config_file.read_text()))
-        if replace(old, epochs=config.epochs, device=config.device) != replace(config, epochs=config.epochs, device=config.device):
-            raise ValueError(f"{run_dir} holds a run with a different config; choose another --out or delete it.")
-    dinfo = distributed.setup(config.device)
-    main = dinfo.is_main
-    data, split = prepare_data(config, roots, run_dir=run_dir, progress=show_progress and main)
-    # Written only once the data are known to be usable, so a failed start leaves no stale config.
-    if main:
-        atomic_write_text(config_file, json.dumps(config.to_dict(), indent=1))
-        split.save(run_dir / "split.json")
-    log = ProgressLog(run_dir / "progress.jsonl" if main else None)
-    train_set, val_set = data.subset(split.images["train"]), data.subset(split.images["val"])
-    device = dinfo.device
-    torch.manual_seed(config.seed)  # torchvision's init draws from the global RNG
-    model = build_model()
-    _initialise(model, config.init, split=split)
-    model = model.to(device).to(memory_format=torch.channels_last)
-    # Under torchrun the loss runs through DDP (gradients averaged over ranks); attacks and
-    # validation use the bare module, which needs no gradient synchronisation.
-    net = torch.nn.parallel.DistributedDataParallel(model) if dinfo.enabled else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    # ``generator`` orders the data and is identical on every rank; ``dev_generator`` draws flips,
-    # AugMix and PGD starts, and differs per rank.
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    dev_generator = torch.Generator(device=device).manual_seed(config.seed + 1 + 1000 * dinfo.rank)
-
-    state_file = run_dir / "state.safetensors"
-    start_epoch, history, best = 0, [], {"bacc": -1.0, "epoch": -1}
-    if state_file.is_file():
-        try:
-            saved = _load_state(state_file, model, optimizer, generator, dev_generator if device.type == "cpu" else None)
-        except Exception as exc:  # written atomically, so only outside damage gets here
-            raise ValueError(f"{state_file} cannot be read ({type(exc).__name__}); delete it to restart this run "
-                             "from scratch.") from None
-        start_epoch, history, best = saved.get("epoch", 0), saved.get("history", []), saved.get("best", best)
-        if start_epoch > config.epochs:
-            raise ValueError(f"{run_dir} already holds {start_epoch} epochs, more than the {config.epochs} asked for; "
-                             "ask for at least that many, or use another --out.")
-        log.write("resume", epoch=start_epoch)
-
-    images = train_set.images.to(device)
-    labels = train_set.labels.to(device)
-    cw = class_weights(train_set.labels).to(device) if config.class_balance == "weights" else None
-    n = images.shape[0]
-    steps_per_epoch = max(1, n // config.batch_size)  # drop the last partial batch (BN needs > 1 sample)
-    if config.max_batches:
-        steps_per_epoch = min(steps_per_epoch, config.max_batches)
-    aug_cfg = AugMixConfig(ops=tuple(config.augmix_ops), width=config.augmix_width, depth=config.augmix_depth,
-                           alpha=config.augmix_alpha)
-    if start_epoch == 0:
-        log.write("start", method=config.method, config=config.to_dict(), n_train=n, n_val=len(val_set),
-                  steps_per_epoch=steps_per_epoch, epochs=config.epochs, device=str(device),
-                  split_hash=split.hash, data=data.report.to_dict())
-    t_run = time.time()
-    for epoch in range(start_epoch, config.epochs):
-        if device.type != "cpu":  # a CUDA generator's state is not checkpointed: reseed per epoch
-            dev_generator.manual_seed(config.seed + 1 + 1000 * dinfo.rank + 7919 * epoch)
-        eps_px = scale_eps(eps_for_epoch(config, epoch), norm=config.norm, side=config.image_size)
-
-        def adversarial(x, y, _eps=eps_px):
-            return pgd(model, x, y, eps=_eps, steps=config.pgd_steps, norm=config.norm, generator=dev_generator)
-
-        tools = LossTools(autocast=lambda: autocast_for(device), adversarial=adversarial,
-                          augmix=lambda x: augmix(x, ops=aug_cfg.ops, width=aug_cfg.width, depth=aug_cfg.depth,
-                                                  alpha=aug_cfg.alpha, generator=dev_generator),
-                          jsd_weight=config.jsd_weight)
-        model.train()
-        perm = torch.randperm(n, generator=generator).to(device)
-        t0 = time.time()
-        total, correct, seen, loss_sum = 0, 0, 0, 0.0
-        bar = None
-        if show_progress and main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps_per_epoch, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False)
-        for step in range(steps_per_epoch):
-            idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
-            if dinfo.enabled:  # each rank takes its share of the global batch
-                idx = idx[dinfo.rank :: dinfo.world]
-            x = images[idx].float().div_(255.0).contiguous(memory_format=torch.channels_last)
-            y = labels[idx]
-            if config.flip_augment:
-                flip = torch.rand(x.shape[0], generator=dev_generator, device=device) < 0.5
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-            out = method.loss(net, x, y, class_weight=cw, tools=tools)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"Loss became {float(out.loss)} at epoch {epoch + 1}, step {step + 1}.")
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            seen += y.shape[0]
-            loss_sum += float(out.loss.detach()) * y.shape[0]
-            correct += int((out.logits.argmax(1) == y).sum())
-            elapsed = time.time() - t0
-            ips = seen * dinfo.world / max(elapsed, 1e-9)
-            remaining = ((steps_per_epoch - step - 1) + (config.epochs - epoch - 1) * steps_per_epoch) * config.batch_size / ips
-            if bar is not None:
-                bar.set_postfix(loss=f"{float(out.loss.detach()):.3f}", img_s=f"{ips:.1f}")
-                bar.update(1)
-            if step % 5 == 0 or step == steps_per_epoch - 1:
-                log.write("step", epoch=epoch + 1, step=step + 1, steps_per_epoch=steps_per_epoch, loss=float(out.loss.detach()),
-                          parts=out.parts, images_per_s=ips, eta_s=remaining)
-        if bar is not None:
-            bar.close()
-        train_time = time.time() - t0
-        probs = predict_proba(model, val_set.images, device=device).numpy()
-        val = classification_metrics(labels=val_set.labels.numpy(), probs=probs) if len(val_set) else {}
-        collapsed = bool(val) and is_collapsed(val)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                  "eps": eps_for_epoch(config, epoch) if method.uses_pgd else 0.0, "seconds": train_time,
-                  "images_per_s": seen * dinfo.world / max(train_time, 1e-9),
-                  "val": {k: val[k] for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auroc",
-                                              "nll", "majority_fraction") if k in val},
-                  "collapsed": collapsed}
-        history.append(record)
-        if val and val["balanced_accuracy"] >= best["bacc"]:
-            best = {"bacc": val["balanced_accuracy"], "epoch": epoch + 1}
-            if config.select == "best_val_bacc" and main:
-                atomic_save_tensors(run_dir / "best.safetensors", {k: v for k, v in model.state_dict().items()})
-        if main:
-            atomic_save_tensors(state_file, _state_tensors(model, optimizer, generator,
-                                                           dev_generator if device.type == "cpu" else None),
-                                metadata={"progress": json.dumps({"epoch": epoch + 1, "history": history, "best": best})})
-        distributed.barrier(dinfo)
-        log.write("epoch", **record)
+    s = _prepare(config, roots, Path(run_dir), show_progress=show_progress)
+    _resume(s)
+    images, labels = s.train_set.images.to(s.device), s.train_set.labels.to(s.device)
+    if s.start_epoch == 0:
+        s.log.write("start", method=config.method, config=config.to_dict(), n_train=len(s.train_set),
+                    n_val=len(s.val_set), steps_per_epoch=s.steps_per_epoch, epochs=config.epochs,
+                    device=str(s.device), split_hash=s.split.hash, data=s.data.report.to_dict())
+    wall_start = time.time()
+    for epoch in range(s.start_epoch, config.epochs):
+        stats = _train_epoch(s, epoch, images, labels)
+        record = _end_epoch(s, epoch, stats)
         if on_epoch is not None:
             on_epoch(record)
-
-    final_epoch = config.epochs
-    if config.select == "best_val_bacc" and (run_dir / "best.safetensors").is_file():
-        with safe_open(str(run_dir / "best.safetensors"), framework="pt", device="cpu") as fh:
-            model.load_state_dict({k: fh.get_tensor(k) for k in fh.keys()})
-        final_epoch = best["epoch"]
-    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
-    probs = predict_proba(model, val_set.images, device=torch.device("cpu")).numpy()
-    val = classification_metrics(labels=val_set.labels.numpy(), probs=probs) if len(val_set) else {}
-    collapsed = bool(val) and is_collapsed(val)
-    card = {
-        "name": run_dir.name,
-        "method": config.method,
-        "method_summary": method.summary,
-        "config": config.to_dict(),
-        "epochs_done": len(history),
-        "selected_epoch": final_epoch,
-        "selection_rule": config.select,
-        "image_size": config.image_size,
-        "split": {"hash": split.hash, "seed": split.seed, "fractions": list(split.fractions),
-                  "folds": split.folds, "fold": split.fold,
-                  "train_patients": split.patients["train"], "val_patients": split.patients["val"],
-                  "counts": {k: len(v) for k, v in split.images.items()}},
-        "data": data.report.to_dict(),
-        "val_metrics": val,
-        "collapsed": collapsed,
-        "train_seconds": sum(h["seconds"] for h in history),
-        "device": str(device),
-        "world_size": dinfo.world,
-        "medrobust_version": __version__,
-        "history": history,
-    }
-    if collapsed:
-        card["warning"] = ("COLLAPSED: the final model answers one class for most validation images "
-                           f"(balanced accuracy {val['balanced_accuracy']:.3f}, majority fraction "
-                           f"{val['majority_fraction']:.3f}); its robustness numbers are meaningless.")
-        log.write("warning", message=card["warning"])
-    ckpt = run_dir / "model.safetensors"
-    if main:
-        card = save_checkpoint(ckpt, model, card)
-    distributed.barrier(dinfo)
-    log.write("done", checkpoint=str(ckpt), epochs_done=len(history), collapsed=collapsed,
-              wall_seconds=time.time() - t_run, val=val)
-    return TrainResult(run_dir=run_dir, checkpoint=ckpt, card=card, history=history)
+    return _finish(s, wall_start=wall_start)

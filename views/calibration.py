@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from medrobust import plots, report, ui
+from medrobust import report
+from medrobust.dashboard import plots, ui
 
 ui.page_header("Calibration", "Does a model's confidence match how often it is right? (clean test images)")
 

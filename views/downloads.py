@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from medrobust import resultsets, ui
+from medrobust.dashboard import resultsets, ui
 
 ui.page_header("Downloads")
 
@@ -30,4 +30,4 @@ if snap:
                        mime="application/json", on_click="ignore", key="dl_snap_json")
 else:
     st.info("No stress test in this session yet: upload an X-ray on the Stress test page.", icon=":material/info:")
-    st.page_link("views/stress_test.py", label="Open the Stress test", icon=":material/science:")
+    st.page_link("views/stress_lab.py", label="Open the Stress test", icon=":material/science:")

@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from medrobust import plots, report, resultsets, ui
+from medrobust import paper, report, settings
+from medrobust.dashboard import plots, resultsets, ui
 
 ui.page_header(
     "Chest X-ray classifiers under noise and attack",
@@ -17,12 +18,12 @@ if not results:
     ui.no_results_message()
     models = resultsets.discover_models()
     if models:
-        st.write(f"{len(models)} model checkpoint(s) found in `{resultsets.checkpoints_dir()}`: "
+        st.write(f"{len(models)} model checkpoint(s) found in `{settings.checkpoints_dir()}`: "
                  + ", ".join(f"**{m.name}**" for m in models) + ". Try them on the **Stress test** page.")
     else:
-        st.write(f"No model checkpoints in `{resultsets.checkpoints_dir()}` either: train one on the **Training** "
+        st.write(f"No model checkpoints in `{settings.checkpoints_dir()}` either: train one on the **Training** "
                  "page, or set `MEDROBUST_CHECKPOINTS` to a folder holding the four models.")
-    st.page_link("views/stress_test.py", label="Open the Stress test", icon=":material/science:")
+    st.page_link("views/stress_lab.py", label="Open the Stress test", icon=":material/science:")
     st.stop()
 
 ui.degenerate_warnings(results)
@@ -37,10 +38,8 @@ st.caption(
     "Clean scores with bootstrap 95 % confidence intervals over test images. The PGD and noise cells are "
     "accuracy / balanced accuracy averaged over eps 1–5 (L2, stated at 224 px and scaled to the model's size) "
     "and over severities 0.1–1.0. Balanced accuracy 50 % is chance."
-    + (" The paper's columns show its reported values where known (`medrobust.report.PAPER_TABLE_I`)."
-       if report.paper_numbers_available("I") else
-       " The paper's own numbers are not entered in `medrobust.report.PAPER_TABLE_I` yet, so no comparison "
-       "column is shown.")
+    + " The \"paper\" columns quote the paper's Table I (accuracy only; it reports no balanced accuracy); read "
+    "them with the caveats below."
 )
 
 st.subheader("Accuracy as the perturbation grows")
@@ -57,6 +56,9 @@ st.dataframe(t2, hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="%.4f") for c in t2.columns if c not in ("model", "method")})
 st.caption("RMSCE (debiased) is Kumar et al.'s estimator clipped at 0; ECE uses 15 equal-width bins; entropy is "
            "the mean predictive entropy (at most ln 2 ≈ 0.693 nats). Details on the Calibration page.")
+
+st.subheader("The paper's own figures")
+st.markdown(paper.paper_tables_markdown())
 
 with st.expander("Evaluation parameters"):
     for r in results:

@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from medrobust import jobs, plots, resultsets, ui
+from medrobust.dashboard import jobs, plots, resultsets, ui
 from medrobust.methods import METHODS
-from medrobust.palette import colour_for
+from medrobust.dashboard.palette import colour_for
 from medrobust.training import PRESETS, TrainConfig
 
 ui.page_header("Training", "Train a new model in the background; it keeps running if you close the tab.")

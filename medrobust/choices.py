@@ -1,0 +1,63 @@
+"""The text choices of medrobust as enums, each checked once at the boundary with one clear message.
+
+This module imports nothing heavy (no torch), so the dashboard's landing page and the report can
+name the methods without loading a model library.
+
+Examples
+--------
+>>> parse_choice(Norm, "l2").value
+'l2'
+>>> parse_choice(Norm, "l3")
+Traceback (most recent call last):
+ValueError: Unknown norm 'l3'; choose one of l2, linf.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TypeVar
+
+
+class Method(str, Enum):
+    """The four training methods (the paper's order)."""
+
+    STANDARD = "standard"
+    ROBUST = "robust"
+    AUGMIX = "augmix"
+    ROBUSTAUGMIX = "robustaugmix"
+
+
+class Norm(str, Enum):
+    """Threat model of an attack: L2 (budgets stated at 224 px) or L-inf (per pixel)."""
+
+    L2 = "l2"
+    LINF = "linf"
+
+
+class Noise(str, Enum):
+    """The paper's three noises (``skimage.util.random_noise`` modes)."""
+
+    GAUSSIAN = "gaussian"
+    SALT_AND_PEPPER = "salt_and_pepper"
+    SPECKLE = "speckle"
+
+
+#: The method names in the paper's order; every table and plot lists methods in this order.
+METHOD_NAMES: tuple[str, ...] = tuple(m.value for m in Method)
+#: Class names of the binary COVID task, index = label.
+CLASS_NAMES: tuple[str, str] = ("non-COVID", "COVID-19")
+
+E = TypeVar("E", bound=Enum)
+
+_WHAT = {Method: "method", Norm: "norm", Noise: "noise"}
+
+
+def parse_choice(kind: type[E], value: str | E, *, what: str | None = None) -> E:
+    """``value`` as a member of ``kind`` (exact spelling); anything else raises one clear ValueError."""
+    if isinstance(value, kind):
+        return value
+    for member in kind:
+        if member.value == value:
+            return member
+    label = what or _WHAT.get(kind, kind.__name__.lower())
+    raise ValueError(f"Unknown {label} {value!r}; choose one of {', '.join(m.value for m in kind)}.")

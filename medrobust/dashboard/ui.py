@@ -1,0 +1,127 @@
+"""Streamlit glue shared by the dashboard's pages: cached model loading, result-set pickers, warnings.
+
+Only the pages import this module (it imports Streamlit). Models are loaded once per process with
+``st.cache_resource`` (keyed by the files' size and mtime, so a replaced checkpoint is reloaded)
+and are shared read-only by every session: they stay in eval mode and are never hooked.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import streamlit as st
+
+from medrobust import settings
+from medrobust.dashboard import resultsets
+
+if TYPE_CHECKING:
+    from medrobust.dashboard.stress import ModelSet
+
+# Intra-op threads for the dashboard process: ``settings.torch_threads()`` (default 1). Single images are
+# too small to gain from more, each browser session already runs in its own thread, and on a small
+# machine shared with a training job, 2 OpenMP threads were starved ~10x worse than 1 (measured).
+def _configure_torch() -> None:
+    import torch  # imported here, not at the top: Overview, Calibration and Downloads never need torch
+
+    threads = settings.torch_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+# pydicom's validation messages quote element values ("Invalid value for VR DA: '19700101x'"); in the
+# dashboard process nothing read from an upload may reach a log, so its logger and warnings are silenced.
+_pydicom_log = logging.getLogger("pydicom")
+_pydicom_log.setLevel(logging.CRITICAL + 1)
+_pydicom_log.propagate = False
+warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+
+DEGENERATE_TEXT = ("answers one class for {pct:.0f} % of the test images: it does not tell patients apart, so "
+                   "its robustness numbers mean nothing (a constant answer cannot be attacked or disturbed).")
+
+
+@st.cache_resource(show_spinner="Loading models…", max_entries=4)
+def _model_set(folder: str, extra: tuple[str, ...], signature: tuple) -> "ModelSet":
+    from medrobust.dashboard.stress import load_model_set
+
+    del signature  # only part of the cache key
+    extra_files = [m for m in resultsets.discover_run_models() if str(m.path) in set(extra)]
+    return load_model_set(folder, extra=extra_files)
+
+
+def model_set(extra_runs: Sequence[str] = ()) -> "ModelSet":
+    """The shipped model set (``$MEDROBUST_CHECKPOINTS``) plus the chosen finished runs, cached per process."""
+    _configure_torch()
+    folder = settings.checkpoints_dir()
+    files = resultsets.discover_models(folder) + [m for m in resultsets.discover_run_models()
+                                                  if str(m.path) in set(extra_runs)]
+    return _model_set(str(folder), tuple(sorted(extra_runs)), resultsets.files_signature(files))
+
+
+def degenerate_warnings(results: Sequence[dict[str, Any]]) -> None:
+    for r in results:
+        if r.get("degenerate"):
+            st.warning(f"**{r['name']}** " + DEGENERATE_TEXT.format(pct=100 * float(r.get("majority_fraction", 1.0))),
+                       icon=":material/warning:")
+
+
+def pick_results(key: str) -> tuple[list[dict[str, Any]], list[resultsets.ResultSet]]:
+    """Sidebar pickers: one primary result set plus evaluated training runs and earlier attempts; returns the results shown."""
+    sets = resultsets.discover_result_sets()
+    if not sets:
+        return [], []
+    primary = [s for s in sets if s.kind not in ("run", "attempt")]
+    runs = [s for s in sets if s.kind == "run"]
+    attempts = [s for s in sets if s.kind == "attempt"]
+    chosen: list[resultsets.ResultSet] = []
+    with st.sidebar:
+        if primary:
+            labels = [s.label for s in primary]
+            if len(primary) > 1:
+                label = st.selectbox("Result set", labels, key=f"{key}_set",
+                                     help="Several result sets exist: the shipped models' and the ones in results/.")
+            else:
+                label = labels[0]
+                st.caption(f"Result set: {label}")
+            chosen.append(primary[labels.index(label)])
+        if runs:
+            run_labels = [s.label for s in runs]
+            picked = st.multiselect("Trained runs shown beside them", run_labels, default=run_labels,
+                                    key=f"{key}_runs")
+            chosen += [s for s in runs if s.label in picked]
+        if attempts:
+            attempt_labels = [s.label for s in attempts]
+            picked = st.multiselect("Other training attempts shown beside them", attempt_labels, default=[],
+                                    key=f"{key}_attempts",
+                                    help="Results of training attempts whose weights are not shipped (see checkpoints/README.md).")
+            chosen += [s for s in attempts if s.label in picked]
+    for s in chosen:
+        for e in s.errors:
+            st.caption(f"{s.label}: {e}")
+    return resultsets.combine(chosen), sets
+
+
+def no_results_message() -> None:
+    ck = settings.checkpoints_dir()
+    st.info(
+        f"No evaluation results yet. The shipped results belong in `{ck / 'results'}/`; "
+        "`python -m medrobust evaluate` writes to `results/`, and a run trained on the Training page can be "
+        "evaluated there. The **Stress test** page works without any results.",
+        icon=":material/info:",
+    )
+
+
+def page_header(title: str, subtitle: str | None = None) -> None:
+    st.title(title)
+    if subtitle:
+        st.caption(subtitle)
+
+
+def data_roots_text() -> str:
+    """Default data folders for forms: ``$MEDROBUST_DATA`` (os.pathsep-separated), one per line."""
+    return "\n".join(str(r) for r in settings.env_data_roots())
+
+
+def parse_roots(text: str) -> list[Path]:
+    return [Path(line.strip()).expanduser() for line in (text or "").splitlines() if line.strip()]

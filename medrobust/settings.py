@@ -1,0 +1,106 @@
+"""Every environment variable and default folder medrobust reads: one home for each, read at call time.
+
+* ``MEDROBUST_DATA``: data roots, separated by ``os.pathsep`` (``:`` on Linux) (default ``data``)
+* ``MEDROBUST_CACHE``: preprocessed data tensors (default ``~/.cache/medrobust``)
+* ``MEDROBUST_CHECKPOINTS``: the shipped models and their ``results/`` (default ``checkpoints``)
+* ``MEDROBUST_RESULTS``: evaluation results written by ``evaluate`` (default ``results``)
+* ``MEDROBUST_RUNS``: training runs (default ``runs``)
+* ``MEDROBUST_JOBS``: the dashboard's job records (default ``<runs>/.jobs``)
+* ``MEDROBUST_ADMIN_TOKEN``: required to launch or cancel dashboard jobs when set (default unset (open))
+* ``MEDROBUST_CPU_BF16``: ``1``/``0`` forces bf16 autocast on the CPU on/off (default hardware detection)
+* ``MEDROBUST_TORCH_THREADS``: intra-op threads of the dashboard process (default ``1``)
+* ``MEDROBUST_DICOM_TIMEOUT_S``: wall-clock limit for decoding one DICOM file (seconds) (default ``15``)
+
+Nothing is read at import time: a test (or a user) that changes a variable changes the next decision.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+ENV_DATA = "MEDROBUST_DATA"
+ENV_CACHE = "MEDROBUST_CACHE"
+ENV_CHECKPOINTS = "MEDROBUST_CHECKPOINTS"
+ENV_RESULTS = "MEDROBUST_RESULTS"
+ENV_RUNS = "MEDROBUST_RUNS"
+ENV_JOBS = "MEDROBUST_JOBS"
+ENV_ADMIN_TOKEN = "MEDROBUST_ADMIN_TOKEN"
+ENV_CPU_BF16 = "MEDROBUST_CPU_BF16"
+ENV_TORCH_THREADS = "MEDROBUST_TORCH_THREADS"
+ENV_DICOM_TIMEOUT = "MEDROBUST_DICOM_TIMEOUT_S"
+
+
+def _path(var: str, default: str | Path) -> Path:
+    return Path(os.environ.get(var) or default).expanduser()
+
+
+def split_roots(text: str) -> list[Path]:
+    """Roots from an ``os.pathsep``-separated string (empty parts skipped)."""
+    return [Path(r).expanduser() for r in text.split(os.pathsep) if r.strip()]
+
+
+def env_data_roots() -> list[Path]:
+    """``MEDROBUST_DATA`` as paths; empty when unset."""
+    return split_roots(os.environ.get(ENV_DATA, ""))
+
+
+def data_roots(cli_roots: Sequence[str | Path] | None = None) -> list[Path]:
+    """The data roots: ``--data`` (repeatable) if given, else ``MEDROBUST_DATA``, else ``data/``."""
+    if cli_roots:
+        return [Path(r).expanduser() for r in cli_roots]
+    return env_data_roots() or [Path("data")]
+
+
+def cache_dir() -> Path:
+    return _path(ENV_CACHE, Path.home() / ".cache" / "medrobust")
+
+
+def checkpoints_dir() -> Path:
+    return _path(ENV_CHECKPOINTS, "checkpoints")
+
+
+def shipped_results_dir() -> Path:
+    """The shipped models' evaluation results: ``<checkpoints>/results``."""
+    return checkpoints_dir() / "results"
+
+
+def results_dir() -> Path:
+    return _path(ENV_RESULTS, "results")
+
+
+def runs_dir() -> Path:
+    return _path(ENV_RUNS, "runs")
+
+
+def jobs_dir() -> Path:
+    return _path(ENV_JOBS, runs_dir() / ".jobs")
+
+
+def admin_token() -> str | None:
+    """The dashboard's admin token, or None when none is set (jobs are then open to every visitor)."""
+    return os.environ.get(ENV_ADMIN_TOKEN) or None
+
+
+def cpu_bf16_override() -> bool | None:
+    """``MEDROBUST_CPU_BF16``: True for ``1``, False for ``0``, None (detect) otherwise."""
+    value = os.environ.get(ENV_CPU_BF16)
+    return None if value not in ("0", "1") else value == "1"
+
+
+def torch_threads() -> int:
+    """Intra-op threads for the dashboard process (``MEDROBUST_TORCH_THREADS``, default 1)."""
+    try:
+        return max(1, int(os.environ.get(ENV_TORCH_THREADS) or 1))
+    except ValueError:
+        raise ValueError(f"{ENV_TORCH_THREADS} must be a whole number, got {os.environ[ENV_TORCH_THREADS]!r}.") from None
+
+
+def dicom_timeout_s(default: float = 15.0) -> float:
+    """``MEDROBUST_DICOM_TIMEOUT_S``: seconds allowed to decode one DICOM (a bad value means the default)."""
+    try:
+        value = float(os.environ.get(ENV_DICOM_TIMEOUT) or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default

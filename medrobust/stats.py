@@ -1,0 +1,581 @@
+"""Patient-level uncertainty for the binary COVID-19 task.
+
+Chest X-ray data sets hold several images per patient, and images of one patient are
+not independent: a model that misreads one of a patient's films tends to misread the
+others. Resampling single images (:func:`medrobust.metrics.bootstrap_ci`) then treats
+correlated images as fresh evidence and gives intervals that are too narrow. The
+functions here resample *patients* (the cluster bootstrap) and take all of a drawn
+patient's images along.
+
+* :func:`cluster_bootstrap_ci` -- percentile intervals of one model's metrics.
+* :func:`paired_cluster_bootstrap` -- the difference B - A between two models scored on
+  the same images, with a paired interval and a bootstrap p-value.
+* :func:`fold_spread` -- mean, sd, min and max of per-fold values.
+* :func:`describe_difference` -- a paired result in plain words.
+
+Every metric has the definition of :func:`medrobust.metrics.classification_metrics`;
+a resample is the original images weighted by how often their patient was drawn, and
+is evaluated by the same code as :func:`medrobust.metrics.bootstrap_ci`'s resamples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from medrobust.metrics import (
+    _BLOCK_CELLS,
+    _BOOTSTRAP_METRICS,
+    _check_inputs,
+    _multiplicities,
+    _percentile_interval,
+    _resampled_metrics,
+    _row_blocks,
+)
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "cluster_bootstrap_ci",
+    "describe_difference",
+    "fold_spread",
+    "paired_cluster_bootstrap",
+]
+
+DEFAULT_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")
+"""Metrics reported when none are named; the same default as
+:func:`medrobust.metrics.bootstrap_ci`."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_options(metrics: Sequence[str], n_boot: int, level: float) -> tuple[str, ...]:
+    if isinstance(metrics, str):
+        raise ValueError(f"metrics must be a sequence of names, e.g. ({metrics!r},)")
+    names = tuple(metrics)
+    if not names:
+        raise ValueError(
+            f"metrics is empty; name at least one of {', '.join(_BOOTSTRAP_METRICS)}"
+        )
+    unknown = [m for m in names if m not in _BOOTSTRAP_METRICS]
+    if unknown:
+        raise ValueError(
+            f"unknown metric(s) {unknown}; supported: {', '.join(_BOOTSTRAP_METRICS)}"
+        )
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not (
+        0.0 < level < 1.0
+    ):
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    return names
+
+
+def _factorize_groups(groups: ArrayLike | Sequence[Hashable], n: int) -> NDArray[np.intp]:
+    """Patient index per image, numbered in order of first appearance.
+
+    First-appearance numbering (rather than sorted keys) means that with one image per
+    patient, patient ``j`` is image ``j``, so an unstratified draw picks exactly the
+    images :func:`medrobust.metrics.bootstrap_ci` picks with the same seed.
+    """
+    if isinstance(groups, (str, bytes)):
+        raise ValueError("groups must be a sequence of patient keys, one per image, not a string")
+    if isinstance(groups, np.ndarray):
+        if groups.ndim != 1:
+            raise ValueError(f"groups must be 1-D (one patient key per image), got shape {groups.shape}")
+        keys = groups.tolist()
+    else:
+        try:
+            keys = list(groups)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ValueError(
+                f"groups must be a sequence of patient keys, got {type(groups).__name__}"
+            ) from exc
+    if len(keys) != n:
+        raise ValueError(f"groups has {len(keys)} entries but probs has {n} rows")
+    codes: dict[Hashable, int] = {}
+    out = np.empty(n, dtype=np.intp)
+    for i, key in enumerate(keys):
+        if key is None or (isinstance(key, float) and math.isnan(key)):
+            raise ValueError(f"groups[{i}] is {key!r}; every image needs a patient key")
+        try:
+            out[i] = codes.setdefault(key, len(codes))
+        except TypeError as exc:
+            raise ValueError(
+                f"groups[{i}] = {key!r} is not hashable; use patient ids (str or int)"
+            ) from exc
+    return out
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def _draw_patients(
+    rng: np.random.Generator, patient_pos: NDArray[np.bool_], n_boot: int, stratify: bool
+) -> NDArray[np.intp]:
+    """``(n_boot, n_patients)`` indices of the patients drawn in each resample.
+
+    Stratified: as many positive patients as the data hold are drawn from the positive
+    ones, likewise for negatives, so every resample keeps both classes. With one class
+    only among the patients there is nothing to stratify and the plain draw is used.
+    """
+    n_patients = patient_pos.size
+    if not stratify or patient_pos.all() or not patient_pos.any():
+        return rng.integers(0, n_patients, size=(n_boot, n_patients))
+    pos_ids = np.flatnonzero(patient_pos)
+    neg_ids = np.flatnonzero(~patient_pos)
+    pos_draw = pos_ids[rng.integers(0, pos_ids.size, size=(n_boot, pos_ids.size))]
+    neg_draw = neg_ids[rng.integers(0, neg_ids.size, size=(n_boot, neg_ids.size))]
+    return np.concatenate([pos_draw, neg_draw], axis=1)
+
+
+def _image_counts(
+    drawn: NDArray[np.intp], codes: NDArray[np.intp], n_patients: int
+) -> NDArray[np.float64]:
+    """Per-resample image multiplicities: each image counts as often as its patient."""
+    return _multiplicities(drawn, n_patients)[:, codes]
+
+
+def _count_blocks(
+    drawn: NDArray[np.intp], codes: NDArray[np.intp], n_patients: int
+) -> Iterator[NDArray[np.float64]]:
+    """Image multiplicities of consecutive blocks of about ``_BLOCK_CELLS`` cells."""
+    for rows in _row_blocks(drawn.shape[0], codes.size, _BLOCK_CELLS):
+        yield _image_counts(drawn[rows], codes, n_patients)
+
+
+def _setup(
+    labels: ArrayLike,
+    probs: Sequence[tuple[str, ArrayLike]],
+    groups: ArrayLike | Sequence[Hashable],
+) -> tuple[NDArray[np.int64], list[NDArray[np.float64]], NDArray[np.intp], NDArray[np.bool_]]:
+    y: NDArray[np.int64] | None = None
+    p2s: list[NDArray[np.float64]] = []
+    for name, p in probs:
+        try:
+            y_i, p2 = _check_inputs(labels, p)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from exc
+        if p2s and p2.shape[0] != p2s[0].shape[0]:
+            raise ValueError(
+                f"{name} has {p2.shape[0]} rows but {probs[0][0]} has {p2s[0].shape[0]}; "
+                "both models must be scored on the same images"
+            )
+        y = y_i
+        p2s.append(p2)
+    assert y is not None
+    codes = _factorize_groups(groups, y.size)
+    n_patients = int(codes.max()) + 1
+    patient_pos = np.bincount(codes, weights=y, minlength=n_patients) > 0
+    return y, p2s, codes, patient_pos
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def cluster_bootstrap_ci(
+    *,
+    labels: ArrayLike,
+    probs: ArrayLike,
+    groups: ArrayLike | Sequence[Hashable],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    stratify: bool = True,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap confidence intervals that resample patients, not images.
+
+    Each resample draws as many patients as the data hold, with replacement, and takes
+    every image of each drawn patient (a patient drawn twice counts twice). Metrics are
+    computed over the images of the resample, so they keep their per-image meaning
+    ("fraction of images correct") while the interval reflects that a patient's images
+    rise and fall together. All resamples are drawn at once and evaluated with array
+    operations on per-image multiplicity counts; memory is ``O(n_boot * n_patients)``
+    plus a bounded block of ``O(n)`` rows.
+
+    Parameters
+    ----------
+    labels : array_like, shape (n,)
+        True labels per image, 0 (non-COVID) or 1 (COVID-19).
+    probs : array_like, shape (n, 2) or (n,)
+        Class probabilities per image, or P(class 1) when 1-D.
+    groups : array_like or sequence of hashable, shape (n,)
+        Patient key of each image (str, int, tuple, ...). Images with equal keys belong
+        to one patient. ``None`` and nan are rejected.
+    metrics : sequence of str, default ``DEFAULT_METRICS``
+        Any of ``accuracy``, ``balanced_accuracy``, ``sensitivity``, ``specificity``,
+        ``auroc``, ``nll``, ``brier``, ``entropy``, ``positive_rate``, with the
+        definitions of :func:`medrobust.metrics.classification_metrics`.
+    n_boot : int, default 1000
+        Number of resamples.
+    seed : int, default 0
+        Seed for ``numpy.random.default_rng``; equal seeds give identical intervals.
+    level : float, default 0.95
+        Coverage of the two-sided interval, in (0, 1).
+    stratify : bool, default True
+        Resample positive and negative patients separately, keeping their numbers
+        fixed, so that no resample lacks a class and sensitivity, specificity and
+        AUROC are defined in every resample. A patient is positive if any of their
+        images is labelled 1. Ignored when all patients share one class. With
+        ``stratify=False`` and one image per patient the draws are exactly those of
+        :func:`medrobust.metrics.bootstrap_ci` with the same seed, so the intervals
+        agree with it.
+
+    Returns
+    -------
+    dict of str to (float, float)
+        ``(lower, upper)`` percentiles per requested metric. Resamples in which a
+        metric is undefined (possible only without stratification, or when a class is
+        absent from the data) are left out; if it is undefined in all of them the
+        interval is ``(nan, nan)``.
+
+    Raises
+    ------
+    ValueError
+        On invalid labels or probabilities (see
+        :func:`medrobust.metrics.classification_metrics`), ``groups`` of the wrong
+        length or holding missing/unhashable keys, an unknown or empty metric list,
+        ``n_boot < 1`` or ``level`` outside (0, 1).
+
+    Examples
+    --------
+    Three patients with two X-rays each; the model is right on both images of patients
+    "a" and "c" and wrong on both of patient "b", so 4 of 6 images are correct:
+
+    >>> labels = [1, 1, 0, 0, 0, 0]
+    >>> probs = [0.9, 0.8, 0.7, 0.6, 0.2, 0.1]
+    >>> groups = ["a", "a", "b", "b", "c", "c"]
+    >>> ci = cluster_bootstrap_ci(labels=labels, probs=probs, groups=groups,
+    ...                           metrics=("accuracy", "sensitivity"), n_boot=500, seed=1)
+    >>> {k: (round(lo, 4), round(hi, 4)) for k, (lo, hi) in ci.items()}
+    {'accuracy': (0.3333, 1.0), 'sensitivity': (1.0, 1.0)}
+
+    The single positive patient "a" is in every (stratified) resample; the two
+    negative draws are "b" twice (accuracy 2/6), "b" and "c" (4/6) or "c" twice (6/6),
+    and patient "b"'s two images always come together.
+    """
+    names = _check_options(metrics, n_boot, level)
+    y, (p2,), codes, patient_pos = _setup(labels, [("probs", probs)], groups)
+    rng = np.random.default_rng(seed)
+    drawn = _draw_patients(rng, patient_pos, int(n_boot), bool(stratify))
+    blocks = [
+        _resampled_metrics(y, p2, names, weights=counts)
+        for counts in _count_blocks(drawn, codes, patient_pos.size)
+    ]
+    return {
+        name: _percentile_interval(np.concatenate([b[name] for b in blocks]), float(level))
+        for name in names
+    }
+
+
+def paired_cluster_bootstrap(
+    *,
+    labels: ArrayLike,
+    probs_a: ArrayLike,
+    probs_b: ArrayLike,
+    groups: ArrayLike | Sequence[Hashable],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    stratify: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Difference B - A between two models on the same images, with a paired patient bootstrap.
+
+    Use it for two models scored on the same images: two methods' pooled out-of-fold
+    predictions, or two models under the same attack. Each resample draws patients as
+    :func:`cluster_bootstrap_ci` does and scores *both* models on that same resample,
+    so the patient-to-patient variation both models share cancels out of the
+    difference. This is far more sensitive than comparing two separate intervals.
+
+    Parameters
+    ----------
+    labels : array_like, shape (n,)
+        True labels per image, 0 (non-COVID) or 1 (COVID-19).
+    probs_a, probs_b : array_like, shape (n, 2) or (n,)
+        Probabilities of model A (the reference) and model B on the same images in the
+        same order, or P(class 1) when 1-D.
+    groups : array_like or sequence of hashable, shape (n,)
+        Patient key of each image.
+    metrics : sequence of str, default ``DEFAULT_METRICS``
+        Metric names, as for :func:`cluster_bootstrap_ci`.
+    n_boot : int, default 2000
+        Number of resamples. The p-value cannot resolve below about ``2 / n_boot``.
+    seed : int, default 0
+        Seed for ``numpy.random.default_rng``; equal seeds give identical results.
+    level : float, default 0.95
+        Coverage of the two-sided interval of the difference, in (0, 1).
+    stratify : bool, default True
+        Resample positive and negative patients separately, as in
+        :func:`cluster_bootstrap_ci`.
+
+    Returns
+    -------
+    dict of str to dict
+        Per metric:
+
+        ``a``, ``b``
+            The metric of model A and of model B on all images.
+        ``difference``
+            ``b - a``; positive means B scores higher (better for accuracy-like
+            metrics and AUROC, worse for ``nll`` and ``brier``).
+        ``ci``
+            ``[lower, upper]`` percentile interval of the resampled differences.
+        ``p_value``
+            Two-sided bootstrap p-value for "no difference": twice the fraction of
+            resampled differences on the other side of 0 from ``difference`` (0
+            itself counts as the other side), capped at 1. 1.0 when ``difference`` is
+            0. A value of 0 means no resample crossed 0, i.e. ``p < 2 / n_boot``.
+
+        Values are nan where the metric is undefined (e.g. sensitivity without
+        positive images).
+
+    Raises
+    ------
+    ValueError
+        On invalid inputs (as for :func:`cluster_bootstrap_ci`) or when ``probs_a``
+        and ``probs_b`` have different numbers of rows.
+
+    Examples
+    --------
+    Model B fixes patient "b", whom model A gets wrong on both images:
+
+    >>> labels = [1, 1, 0, 0, 0, 0, 1, 1]
+    >>> groups = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    >>> probs_a = [0.9, 0.8, 0.7, 0.6, 0.2, 0.1, 0.7, 0.9]
+    >>> probs_b = [0.9, 0.8, 0.3, 0.4, 0.2, 0.1, 0.7, 0.9]
+    >>> res = paired_cluster_bootstrap(labels=labels, probs_a=probs_a, probs_b=probs_b,
+    ...                                groups=groups, metrics=("accuracy",), n_boot=200)
+    >>> r = res["accuracy"]
+    >>> r["a"], r["b"], r["difference"]
+    (0.75, 1.0, 0.25)
+    >>> r["ci"][0] >= 0.0 and 0.0 <= r["p_value"] <= 1.0
+    True
+
+    The same model against itself differs by exactly 0 in every resample:
+
+    >>> same = paired_cluster_bootstrap(labels=labels, probs_a=probs_a, probs_b=probs_a,
+    ...                                 groups=groups, metrics=("accuracy",), n_boot=200)
+    >>> same["accuracy"]["ci"], same["accuracy"]["p_value"]
+    ([0.0, 0.0], 1.0)
+    """
+    names = _check_options(metrics, n_boot, level)
+    y, (pa, pb), codes, patient_pos = _setup(
+        labels, [("probs_a", probs_a), ("probs_b", probs_b)], groups
+    )
+    point_a = _resampled_metrics(y, pa, names, weights=None)
+    point_b = _resampled_metrics(y, pb, names, weights=None)
+
+    rng = np.random.default_rng(seed)
+    drawn = _draw_patients(rng, patient_pos, int(n_boot), bool(stratify))
+    diffs: dict[str, list[NDArray[np.float64]]] = {name: [] for name in names}
+    for counts in _count_blocks(drawn, codes, patient_pos.size):
+        rep_a = _resampled_metrics(y, pa, names, weights=counts)
+        rep_b = _resampled_metrics(y, pb, names, weights=counts)
+        for name in names:
+            diffs[name].append(rep_b[name] - rep_a[name])
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        a = float(point_a[name][0])
+        b = float(point_b[name][0])
+        diff = b - a
+        reps = np.concatenate(diffs[name])
+        reps = reps[~np.isnan(reps)]
+        lo, hi = _percentile_interval(reps, float(level))
+        if math.isnan(diff) or reps.size == 0:
+            p_value = float("nan")
+        elif diff == 0.0:
+            p_value = 1.0
+        else:
+            other_side = np.mean(reps <= 0.0) if diff > 0.0 else np.mean(reps >= 0.0)
+            p_value = float(min(1.0, 2.0 * other_side))
+        out[name] = {"a": a, "b": b, "difference": diff, "ci": [lo, hi], "p_value": p_value}
+    return out
+
+
+def fold_spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample sd, min and max of per-fold values, ignoring nan.
+
+    Parameters
+    ----------
+    values : sequence of float, shape (k,)
+        One value per fold (e.g. each fold's test accuracy). nan entries (a metric
+        undefined in that fold) are left out.
+
+    Returns
+    -------
+    dict of str to float
+        ``mean``, ``sd`` (``ddof=1``; nan with fewer than two values), ``min``, ``max``
+        and ``n`` (the number of non-nan values, as a float). All but ``n`` are nan
+        when every value is nan.
+
+    Raises
+    ------
+    ValueError
+        If ``values`` is empty, not 1-D, not numeric, or holds an infinite value.
+
+    Examples
+    --------
+    >>> s = fold_spread([0.80, 0.84, float("nan"), 0.88])
+    >>> {k: round(v, 4) for k, v in s.items()}
+    {'mean': 0.84, 'sd': 0.04, 'min': 0.8, 'max': 0.88, 'n': 3.0}
+    >>> f"{s['mean']:.2f} ± {s['sd']:.2f} over {s['n']:.0f} folds"
+    '0.84 ± 0.04 over 3 folds'
+    """
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"values must be numbers, one per fold: {exc}") from exc
+    if v.ndim != 1:
+        raise ValueError(f"values must be 1-D (one value per fold), got shape {v.shape}")
+    if v.size == 0:
+        raise ValueError("values is empty; pass one value per fold")
+    if np.any(np.isinf(v)):
+        raise ValueError("values contains an infinite value")
+    kept = v[~np.isnan(v)]
+    k = kept.size
+    nan = float("nan")
+    if k == 0:
+        return {"mean": nan, "sd": nan, "min": nan, "max": nan, "n": 0.0}
+    mean = float(np.mean(kept))
+    sd = float(np.sqrt(np.sum((kept - mean) ** 2) / (k - 1))) if k > 1 else nan
+    return {"mean": mean, "sd": sd, "min": float(kept.min()), "max": float(kept.max()), "n": float(k)}
+
+
+# --------------------------------------------------------------------------- plain words
+
+# Metrics that are a fraction of some images: the difference reads as a count per `per`.
+_COUNT_PHRASES: dict[str, str] = {
+    "accuracy": "keeps {x} {dir} of {per} images correct",
+    "sensitivity": "detects {x} {dir} of {per} COVID-19 images",
+    "specificity": "correctly clears {x} {dir} of {per} non-COVID images",
+    "positive_rate": "flags {x} {dir} of {per} images as COVID-19",
+    "balanced_accuracy": "scores {x} {dir} points of {per} in balanced accuracy",
+}
+# Metrics on their own scale: (noun phrase with article, decimals, unit).
+_SCALE_PHRASES: dict[str, tuple[str, int, str]] = {
+    "auroc": ("an AUROC", 2, ""),
+    "nll": ("an NLL", 3, " nats"),
+    "brier": ("a Brier score", 3, ""),
+    "entropy": ("a mean predictive entropy", 3, " nats"),
+}
+_NOUNS: dict[str, str] = {
+    "accuracy": "accuracy",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "positive_rate": "the rate of COVID-19 predictions",
+    "balanced_accuracy": "balanced accuracy",
+    "auroc": "AUROC",
+    "nll": "NLL",
+    "brier": "Brier score",
+    "entropy": "mean predictive entropy",
+}
+
+
+def _fmt(x: float, decimals: int | None) -> str:
+    """``decimals=None``: whole numbers from 10 up, one decimal below (counts per 100)."""
+    if decimals is None:
+        decimals = 0 if abs(x) >= 9.95 else 1
+    s = f"{x:.{decimals}f}"
+    if decimals and s.endswith("." + "0" * decimals):
+        s = s.split(".")[0]
+    return "0" if s in ("-0", "+0") else s
+
+
+def describe_difference(
+    metric: str,
+    result: Mapping[str, Any],
+    *,
+    a_name: str,
+    b_name: str,
+    per: int = 100,
+    level: float = 0.95,
+) -> str:
+    """One sentence saying how model B differs from model A on one metric.
+
+    Parameters
+    ----------
+    metric : str
+        A metric name as used by :func:`paired_cluster_bootstrap`.
+    result : mapping
+        That metric's entry of :func:`paired_cluster_bootstrap`'s result, with at least
+        ``difference`` (B - A) and ``ci`` (``[lower, upper]``).
+    a_name, b_name : str
+        What to call model A (the reference) and model B.
+    per : int, default 100
+        Fractions of images (accuracy, sensitivity, specificity, positive rate,
+        balanced accuracy) are stated as counts out of ``per`` images.
+    level : float, default 0.95
+        The interval's coverage, as passed to :func:`paired_cluster_bootstrap`; only
+        used in the wording.
+
+    Returns
+    -------
+    str
+        The difference and its interval, both stated in the direction of the
+        difference ("12 more ... (95 % CI 5 to 19)", "12 fewer ... (95 % CI 5 to 19)"),
+        so a negative interval end means the other direction. Prefixed by
+        ``"no clear difference: "`` when the interval includes 0.
+
+    Raises
+    ------
+    ValueError
+        On an unknown metric, a ``result`` without ``difference`` and ``ci``, or
+        ``per < 1``.
+
+    Examples
+    --------
+    >>> r = {"a": 0.70, "b": 0.82, "difference": 0.12, "ci": [0.05, 0.19], "p_value": 0.002}
+    >>> describe_difference("accuracy", r, a_name="standard", b_name="robust")
+    'robust keeps 12 more of 100 images correct than standard (95 % CI 5 to 19)'
+    >>> r = {"a": 0.86, "b": 0.90, "difference": 0.04, "ci": [-0.02, 0.10], "p_value": 0.2}
+    >>> describe_difference("auroc", r, a_name="standard", b_name="robust")
+    'no clear difference: robust has an AUROC 0.04 higher than standard (95 % CI -0.02 to 0.10)'
+    >>> r = {"a": 0.90, "b": 0.85, "difference": -0.05, "ci": [-0.08, -0.02], "p_value": 0.004}
+    >>> describe_difference("sensitivity", r, a_name="standard", b_name="robust")
+    'robust detects 5 fewer of 100 COVID-19 images than standard (95 % CI 2 to 8)'
+    """
+    if metric not in _NOUNS:
+        raise ValueError(f"unknown metric {metric!r}; supported: {', '.join(_NOUNS)}")
+    if isinstance(per, bool) or not isinstance(per, (int, np.integer)) or per < 1:
+        raise ValueError(f"per must be a positive integer, got {per!r}")
+    try:
+        diff = float(result["difference"])
+        lo, hi = (float(v) for v in result["ci"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            "result must be one metric's entry of paired_cluster_bootstrap, with "
+            f"'difference' and 'ci' = [lower, upper]; got {result!r}"
+        ) from exc
+    noun = _NOUNS[metric]
+    ci_label = f"{_fmt(100.0 * level, 1)} % CI"
+    if math.isnan(diff) or math.isnan(lo) or math.isnan(hi):
+        return f"no estimate: {noun} is undefined on these data, so {b_name} and {a_name} cannot be compared"
+
+    counted = metric in _COUNT_PHRASES
+    scale = per if counted else 1.0
+    decimals = None if counted else _SCALE_PHRASES[metric][1]
+    prefix = "no clear difference: " if lo <= 0.0 <= hi else ""
+    if diff == 0.0:
+        return (
+            f"{prefix}{b_name} and {a_name} have the same {noun} "
+            f"(difference 0, {ci_label} {_fmt(lo * scale, decimals)} to {_fmt(hi * scale, decimals)})"
+        )
+    sign = 1.0 if diff > 0.0 else -1.0
+    shown_lo, shown_hi = sorted((sign * lo * scale, sign * hi * scale))
+    x = _fmt(abs(diff) * scale, decimals)
+    interval = f"({ci_label} {_fmt(shown_lo, decimals)} to {_fmt(shown_hi, decimals)})"
+    if counted:
+        phrase = _COUNT_PHRASES[metric].format(
+            x=x, dir="more" if diff > 0 else "fewer", per=per
+        )
+        return f"{prefix}{b_name} {phrase} than {a_name} {interval}"
+    article_noun, _, unit = _SCALE_PHRASES[metric]
+    direction = "higher" if diff > 0 else "lower"
+    return f"{prefix}{b_name} has {article_noun} {x}{unit} {direction} than {a_name} {interval}"

@@ -1,0 +1,346 @@
+"""The dashboard, page by page, through Streamlit's AppTest (no browser), on a tiny self-made model set."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard_fixtures import (  # noqa: F401 - fixtures
+    broken_checkpoints,
+    compressed_dicom_bytes,
+    dashboard_env,
+    dicom_bytes,
+    png_bytes,
+    tiny_checkpoints,
+    xray_like,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+APP = str(REPO / "app.py")
+TIMEOUT = 60
+STRESS = "views/stress_lab.py"
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    return at.run()
+
+
+def _page(path: str) -> AppTest:
+    at = _app()
+    return at.switch_page(path).run()
+
+
+def _texts(at: AppTest) -> str:
+    parts = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "title", "subheader", "header",
+                 "text", "code", "exception"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [f"{m.label} {m.value} {m.delta}" for m in at.metric]
+    return "\n".join(parts)
+
+
+def _no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _predictions(at: AppTest) -> list[str]:
+    return [m.value for m in at.metric if m.label == "Prediction"]
+
+
+# ----------------------------------------------------------------------------- Overview / Calibration / Downloads
+
+def test_overview_is_the_landing_page_with_tables_curves_and_warnings(dashboard_env):
+    at = _app()
+    _no_exception(at)
+    text = _texts(at)
+    assert "Table I" in text and "Table II" in text
+    assert len(at.dataframe) >= 2
+    t1 = at.dataframe[0].value
+    assert list(t1["method"]) == ["standard", "robust", "augmix", "robustaugmix"]
+    assert "clean bal. acc [95% CI]" in t1.columns and "clean acc [95% CI]" in t1.columns
+    assert all("[" in v for v in t1["clean acc [95% CI]"])  # CIs shown
+    # robustaugmix was evaluated with a constant model: flagged, with a visible warning.
+    assert any("robustaugmix" in w.value and "mean nothing" in w.value for w in at.warning)
+    assert "What this means for a clinician" in text and "Balanced accuracy" in text
+    assert len(at.get("plotly_chart")) >= 1
+    labels = [b.label for b in at.get("download_button")]
+    assert any("CSV" in l for l in labels) and any("JSON" in l for l in labels)
+
+
+
+def test_overview_can_show_an_earlier_attempt_beside_the_shipped_set(dashboard_env):
+    import shutil
+
+    attempt = dashboard_env / "attempts" / "64px-from-scratch"
+    attempt.mkdir(parents=True)
+    shutil.copy(dashboard_env / "results" / "standard.json", attempt / "standard.json")
+    at = _app()
+    _no_exception(at)
+    assert len(at.dataframe[0].value) == 4  # attempts are opt-in
+    picker = at.multiselect(key="overview_attempts")
+    assert "64px-from-scratch" in picker.options[0]
+    picker.set_value(picker.options).run()
+    _no_exception(at)
+    names = list(at.dataframe[0].value["model"])
+    assert len(names) == 5 and "standard [64px-from-scratch]" in names
+
+def test_calibration_page_shows_a_reliability_diagram_per_model(dashboard_env):
+    at = _page("views/calibration.py")
+    _no_exception(at)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 4 + 2  # four reliability diagrams, confidence histograms, entropy
+    assert "Reliability diagrams" in _texts(at)
+
+
+def test_downloads_page(dashboard_env):
+    at = _page("views/downloads.py")
+    _no_exception(at)
+    assert len(at.get("download_button")) == 2
+    assert "No stress test in this session yet" in _texts(at)
+
+
+def test_pages_say_what_to_do_when_nothing_is_there(tmp_path, monkeypatch):
+    for var in ("MEDROBUST_CHECKPOINTS", "MEDROBUST_RESULTS", "MEDROBUST_RUNS"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.delenv("MEDROBUST_DATA", raising=False)
+    at = _app()
+    _no_exception(at)
+    assert "No evaluation results yet" in _texts(at)
+    for page in ("views/calibration.py", "views/downloads.py", STRESS, "views/training.py"):
+        at.switch_page(page).run()
+        _no_exception(at)
+    at.switch_page(STRESS).run()
+    assert "No model checkpoints found" in _texts(at)
+
+
+# ----------------------------------------------------------------------------- Stress test
+
+def test_stress_test_png_sliders_and_four_predictions(dashboard_env):
+    at = _page(STRESS)
+    _no_exception(at)
+    assert "showing an example" in _texts(at)
+    at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like()), "image/png")).run()
+    _no_exception(at)
+    assert len(_predictions(at)) == 4
+    clean = _predictions(at)
+    # Noise: pick it, move the severity slider.
+    at.radio(key="kind").set_value("gaussian").run()
+    at.slider(key="severity").set_value(0.8).run()
+    _no_exception(at)
+    assert len(_predictions(at)) == 4
+    assert "severity 0.8" in _texts(at)
+    assert all(m.delta in ("flipped", "unchanged") for m in at.metric if m.label == "Prediction")
+    for kind in ("salt_and_pepper", "speckle"):
+        at.radio(key="kind").set_value(kind).run()
+        _no_exception(at)
+        assert len(_predictions(at)) == 4
+    # PGD, each model on its own, then transferred from one model to all.
+    at.radio(key="kind").set_value("pgd").run()
+    at.slider(key="eps").set_value(2.0).run()
+    at.slider(key="steps").set_value(3).run()
+    _no_exception(at)
+    assert len(_predictions(at)) == 4 and "L2 PGD, eps 2" in _texts(at)
+    at.radio(key="mode").set_value("transfer").run()
+    at.selectbox(key="source_model").set_value("robust").run()
+    _no_exception(at)
+    assert len(_predictions(at)) == 4 and "crafted on robust" in _texts(at)
+    # Back to none: the clean predictions again.
+    at.radio(key="kind").set_value("none").run()
+    assert _predictions(at) == clean
+    # The snapshot is offered for download and kept for the Downloads page.
+    labels = [b.label for b in at.get("download_button")]
+    assert any("snapshot" in l.lower() for l in labels)
+    assert at.session_state["stress_snapshot"]["zip"][:2] == b"PK"
+
+
+def test_stress_test_shows_an_example_xray_without_any_upload(dashboard_env):
+    from medrobust.dashboard import examples
+
+    shipped = examples.list_examples()
+    at = _page(STRESS)
+    _no_exception(at)
+    assert "showing an example" in _texts(at)
+    assert len(_predictions(at)) == 4  # four models answer on the example at once
+    first = _texts(at)
+    assert shipped[0].license in first and "split" in first
+    # Every example can be picked, and the page says which split of the shipped models it came from.
+    for i, ex in enumerate(shipped[1:], start=1):
+        at.selectbox(key="example").set_value(i).run()
+        _no_exception(at)
+        assert len(_predictions(at)) == 4
+        assert f"{ex.split} split" in _texts(at) and ex.class_name in _texts(at)
+    # An upload replaces the example.
+    at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like()), "image/png")).run()
+    _no_exception(at)
+    assert "showing an example" not in _texts(at)
+
+
+def test_stress_test_smallest_flipping_eps(dashboard_env):
+    at = _page(STRESS)
+    at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like()), "image/png")).run()
+    at.slider(key="flip_steps").set_value(5).run()
+    at.button(key="find_flip").click().run()
+    _no_exception(at)
+    found = [c.value for c in at.caption if c.value.startswith("Smallest flipping eps:")]
+    assert len(found) == 4 and all(("eps ≈" in f) or ("not flipped" in f) for f in found)
+    assert "Smallest eps that flips each prediction" in _texts(at)
+    snap = at.session_state["stress_snapshot"]["json"]
+    assert '"smallest_flip_eps": [' in snap
+
+
+def test_stress_test_16bit_png_and_colour_jpeg(dashboard_env):
+    at = _page(STRESS)
+    at.file_uploader[0].set_value(("chest16.png", png_bytes(xray_like(120), bits=16), "image/png")).run()
+    _no_exception(at)
+    assert len(_predictions(at)) == 4
+    assert "16-bit" in _texts(at)
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((xray_like(80) * 255).astype(np.uint8)).convert("RGB").save(buf, format="JPEG")
+    at.file_uploader[0].set_value(("colour.jpg", buf.getvalue(), "image/jpeg")).run()
+    _no_exception(at)
+    assert len(_predictions(at)) == 4 and "JPEG" in _texts(at)
+
+
+def test_stress_test_dicom_shows_no_patient_tag_and_writes_nothing(dashboard_env, tmp_path):
+    data = dicom_bytes(xray_like(64), monochrome1=True, patient_name="Secretname^Patient")
+    t0 = time.time()
+    at = _page(STRESS)
+    # No .dcm extension: detected by the DICM marker.
+    at.file_uploader[0].set_value(("upload", data, "application/octet-stream")).run()
+    _no_exception(at)
+    assert len(_predictions(at)) == 4
+    text = _texts(at)
+    assert "DICOM" in text
+    snapshot = at.session_state["stress_snapshot"]["json"]
+    for secret in ("Secretname", "SECRET-ID-12345"):
+        assert secret not in text and secret not in snapshot
+    # Nothing holding the upload was written, neither to the temp folder nor into the repository.
+    needle = b"SECRET-ID-12345"
+    for root in (Path(tempfile.gettempdir()), REPO):
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in (".git", "bash_jobs.0") and not d.startswith("pytest-")]
+            for f in filenames:
+                p = Path(dirpath) / f
+                try:
+                    st = p.stat()
+                    if st.st_mtime >= t0 and st.st_size < 5_000_000 and p.is_file():
+                        assert needle not in p.read_bytes(), f"upload written to {p}"
+                except OSError:
+                    continue
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _bomb_png(side: int = 30000) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (side + 1) * 4)  # far too little data: a decoder must not allocate first
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+BAD_FILES = {
+    "empty": ("empty.png", b"", "empty"),
+    "truncated": ("cut.png", png_bytes(xray_like())[:200], "truncated or corrupt"),
+    "not an image": ("notes.png", b"hello, this is text, not an X-ray\n" * 20, "not a readable"),
+    "bomb": ("bomb.png", _bomb_png(), "pixels"),
+    "dicom without pixels": ("nopix.dcm", dicom_bytes(xray_like(32), with_pixels=False), "no pixel data"),
+    "compressed dicom": ("j2k.dcm", compressed_dicom_bytes(xray_like(32)), "compressed transfer syntax"),
+}
+
+
+def test_stress_test_bad_files_give_one_clear_message_and_the_app_goes_on(dashboard_env):
+    at = _page(STRESS)
+    for name, (fname, data, expected) in BAD_FILES.items():
+        t = time.time()
+        at.file_uploader[0].set_value((fname, data, "application/octet-stream")).run()
+        _no_exception(at)
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and expected in errors[0], (name, errors)
+        assert not _predictions(at)
+        assert time.time() - t < 30, name
+    at.file_uploader[0].set_value(("good.png", png_bytes(xray_like()), "image/png")).run()
+    _no_exception(at)
+    assert not at.error and len(_predictions(at)) == 4
+
+
+def test_a_checkpoint_that_fails_to_load_gets_an_error_card(dashboard_env, broken_checkpoints, monkeypatch):
+    monkeypatch.setenv("MEDROBUST_CHECKPOINTS", str(broken_checkpoints))
+    at = _page(STRESS)
+    at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like()), "image/png")).run()
+    _no_exception(at)
+    assert len(_predictions(at)) == 3
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "robust.safetensors" in errors[0] and "sha256" in errors[0]
+
+
+def test_stress_test_samples_from_a_configured_data_folder(dashboard_env, tmp_path, monkeypatch):
+    from conftest import make_actualmed_root, make_covid_root
+
+    make_covid_root(tmp_path / "data", n_covid=12, n_other=8)
+    make_actualmed_root(tmp_path / "data")
+    monkeypatch.setenv("MEDROBUST_DATA", os.pathsep.join(str(tmp_path / "data" / d) for d in ("covid-chestxray", "actualmed")))
+    at = _page(STRESS)
+    at.radio(key="source").set_value("Sample from the test split").run()
+    _no_exception(at)
+    assert len(_predictions(at)) == 4
+    assert "true class of this image" in _texts(at)
+
+
+# ----------------------------------------------------------------------------- Training
+
+def test_training_page_is_open_without_a_token_and_refuses_bad_data(dashboard_env, tmp_path):
+    at = _page("views/training.py")
+    _no_exception(at)
+    assert "Training is open to anyone" in _texts(at)
+    assert "No job has run yet" in _texts(at)
+    at.text_area(key="t_data").set_value(str(tmp_path / "nowhere"))
+    at.form_submit_button(key="launch").click().run()
+    _no_exception(at)
+    assert any("does not exist" in e.value for e in at.error)
+
+
+def test_training_page_asks_for_the_admin_token(dashboard_env, monkeypatch, tmp_path):
+    from conftest import make_covid_root
+
+    monkeypatch.setenv("MEDROBUST_ADMIN_TOKEN", "s3cret-token")
+    root = make_covid_root(tmp_path / "data")
+    at = _page("views/training.py")
+    assert "open to anyone" not in _texts(at)
+    at.text_input(key="admin_token").set_value("wrong")
+    at.text_area(key="t_data").set_value(str(root.path))
+    at.form_submit_button(key="launch").click().run()
+    _no_exception(at)
+    assert any("admin token is wrong" in e.value for e in at.error)
+    assert not list((Path(os.environ["MEDROBUST_RUNS"]) / ".jobs").glob("*.json"))
+
+
+# ----------------------------------------------------------------------------- the real shipped folder
+
+def test_app_runs_on_the_shipped_checkpoints(monkeypatch):
+    shipped = REPO / "checkpoints"
+    if not list(shipped.glob("*.safetensors")):
+        pytest.skip("checkpoints/ holds no shipped models yet")
+    monkeypatch.setenv("MEDROBUST_CHECKPOINTS", str(shipped))
+    at = _app()
+    _no_exception(at)
+    at.switch_page(STRESS).run()
+    at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like(128)), "image/png")).run()
+    _no_exception(at)
+    n_files = len(list(shipped.glob("*.safetensors")))
+    assert len(_predictions(at)) >= 1
+    assert len(_predictions(at)) + len(at.error) == n_files  # a model that fails to load has an error card
+    at.switch_page("views/calibration.py").run()
+    _no_exception(at)

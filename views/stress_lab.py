@@ -1,0 +1,230 @@
+"""Stress test: one X-ray, one perturbation, every model's answer side by side."""
+
+import json
+from pathlib import Path
+
+import streamlit as st
+
+from medrobust.dashboard import resultsets, ui
+
+ui.page_header("Stress test", "Upload one chest X-ray (or try an example), disturb it, and see how each model's answer moves.")
+
+with st.spinner("Loading PyTorch…"):  # the first visit in a server process imports torch (seconds)
+    from medrobust.dashboard import plots, stress
+    from medrobust.imaging import ImageDecodeError, decode_image
+
+# ----------------------------------------------------------------------------- models
+run_models = resultsets.discover_run_models()
+with st.sidebar:
+    extra = []
+    if run_models:
+        labels = {str(m.path): m.name for m in run_models}
+        extra = st.multiselect("Also test trained runs", list(labels), format_func=labels.get, key="extra_runs")
+model_set = ui.model_set(extra)
+if model_set.message:
+    st.warning(model_set.message, icon=":material/warning:")
+if not model_set.ok_models:
+    st.stop()
+ok_models = model_set.ok_models
+
+
+def _example_input():
+    """No upload yet: one of the shipped, CC BY-licensed example X-rays ("Try an example")."""
+    from medrobust.dashboard import examples
+
+    st.info("No X-ray uploaded: showing an example. Upload your own above (PNG, JPEG or DICOM, recognised by "
+            "content), or pick another example.", icon=":material/upload:")
+    shipped = examples.list_examples()
+    labels = [f"Example {i + 1}: {e.class_name} ({e.split} split{', never seen by the models' if e.is_unseen else ', seen in training'})"
+              for i, e in enumerate(shipped)]
+    pick = st.selectbox("Try an example", range(len(shipped)), format_func=labels.__getitem__, key="example")
+    ex = shipped[pick]
+    decoded = decode_image(examples.example_bytes(ex))
+    st.caption(ex.caption)
+    info = {"source": "example", "file": ex.file, "split": ex.split, "true_class": ex.class_name,
+            "license": ex.license, "format": decoded.format, "bit_depth": decoded.bit_depth,
+            "height": int(decoded.pixels.shape[0]), "width": int(decoded.pixels.shape[1])}
+    return decoded, info, ex.label
+
+
+def _uploaded_input(up):
+    held = st.session_state.get("decoded")  # (file id, DecodedImage or None, error), this session only
+    if not held or held[0] != up.file_id:
+        try:
+            held = (up.file_id, decode_image(up.getvalue()), None)
+        except ImageDecodeError as exc:
+            held = (up.file_id, None, str(exc))
+        except Exception:  # noqa: BLE001 - never let a hostile file take the page down
+            held = (up.file_id, None, "The file could not be read as an image.")
+        st.session_state["decoded"] = held
+    _, decoded, error = held
+    if error:
+        st.error(f"This file cannot be used: {error}", icon=":material/block:")
+        st.stop()
+    return decoded, {"source": "upload", "format": decoded.format, "bit_depth": decoded.bit_depth,
+                     "height": int(decoded.pixels.shape[0]), "width": int(decoded.pixels.shape[1])}
+
+
+# ----------------------------------------------------------------------------- image source
+with st.sidebar:
+    data_text = st.text_area("Data folder(s) for test-split samples (one per line)", ui.data_roots_text(),
+                             key="data_roots", help="Folders in the upstream layout (metadata.csv + images/). "
+                                                    "Default: $MEDROBUST_DATA.")
+roots = ui.parse_roots(data_text)
+sources = ["Upload an X-ray"] + (["Sample from the test split"] if roots else [])
+source = (st.radio("Image", sources, horizontal=True, key="source", label_visibility="collapsed")
+          if len(sources) > 1 else sources[0])
+
+decoded, image_info, true_label = None, {}, None
+if source == "Upload an X-ray":
+    up = st.file_uploader("Chest X-ray: PNG, JPEG (8/16-bit, grey or colour) or DICOM", type=None, key="upload",
+                          help="Decoded in memory only: the file is never written to disk and no DICOM tag is read "
+                               "beyond the pixel data and its LUTs.")
+    if up is None:
+        decoded, image_info, true_label = _example_input()
+    else:
+        decoded, image_info = _uploaded_input(up)
+else:
+    try:
+        samples = stress.test_samples(roots, ok_models[0].card)
+    except ValueError as exc:
+        st.error(f"The data folders cannot be read: {exc}")
+        st.stop()
+    if not samples:
+        st.warning("The test split of these folders is empty.")
+        st.stop()
+    names = [f"{s.key} ({stress.CLASS_NAMES[s.label]})" for s in samples]
+    pick = st.selectbox(f"Test-split image ({len(samples)} available)", range(len(samples)), format_func=names.__getitem__,
+                        key="sample")
+    sample = samples[pick]
+    try:
+        decoded = decode_image(Path(sample.path).read_bytes())
+    except (OSError, ImageDecodeError) as exc:
+        st.error(f"This sample cannot be read: {exc}")
+        st.stop()
+    true_label = sample.label
+    image_info = {"source": "test split", "key": sample.key, "true_class": stress.CLASS_NAMES[sample.label],
+                  "format": decoded.format, "bit_depth": decoded.bit_depth,
+                  "height": int(decoded.pixels.shape[0]), "width": int(decoded.pixels.shape[1])}
+
+sizes = sorted({m.image_size for m in ok_models})
+image_info["digest"] = stress.image_digest(decoded.pixels)
+image_info["model_sizes"] = sizes
+
+# ----------------------------------------------------------------------------- controls
+kinds = list(stress.KINDS)
+c1, c2, c3 = st.columns([2, 3, 2])
+with c1:
+    kind = st.radio("Perturbation", kinds, format_func=stress.KIND_LABELS.get, key="kind")
+    seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed"))
+with c2:
+    severity, eps, steps, mode, src = 0.0, 0.0, 20, "own", None
+    if kind in stress.NOISE_KINDS:
+        severity = st.slider("Severity", 0.0, 1.0, 0.3, 0.05, key="severity",
+                             help="Variance for Gaussian and speckle noise; fraction of pixels replaced for salt & pepper.")
+    elif kind == "pgd":
+        eps = st.slider("L2 eps (stated at 224 px)", 0.0, stress.MAX_EPS, 1.0, 0.25, key="eps",
+                        help="As in the benchmark: scaled by side/224 to the model's resolution.")
+        steps = st.slider("PGD steps", 1, stress.MAX_STEPS, 20, 1, key="steps")
+        mode = st.radio("Attack", ["own", "transfer"], horizontal=True, key="mode",
+                        format_func={"own": "each model on its own", "transfer": "transfer from one model"}.get)
+        if mode == "transfer":
+            src = st.selectbox("Crafted on", [m.name for m in ok_models], key="source_model")
+    else:
+        st.caption("No perturbation: the cards show each model's answer on the image as uploaded.")
+with c3:
+    cam_layers = ["layer4", "layer3", "layer2"]
+    cam_layer = st.selectbox("Grad-CAM layer", cam_layers, index=0 if min(sizes) >= 128 else 1, key="cam_layer",
+                             help="layer4 (the usual choice) is a 2×2 grid at 64 px, so smaller models default to "
+                                  "layer3 (4×4 at 64 px). A flat map is drawn as no overlay.")
+    flip_steps = st.slider("PGD steps for the flip search", 5, 50, 10, 5, key="flip_steps",
+                           help="More steps find smaller flipping radii but take longer (about 7 attacks per model).")
+    find_flip = st.button("Smallest eps that flips each prediction", key="find_flip",
+                          help="Bisection over the L2 PGD radius (0–5 at 224 px), per model.")
+    st.image(stress.upscale(stress.grey_rgb(stress.prepare_input(decoded.pixels, sizes[0])[0, 0].numpy()),
+                            stress.display_factor(sizes[0], 128)))
+    st.caption(f"{decoded.format}, {decoded.bit_depth}-bit, {image_info['width']}×{image_info['height']} px "
+               f"→ {', '.join(map(str, sizes))} px model input" + (f". {decoded.note}" if decoded.note else ""))
+
+pert = stress.Perturbation(kind=kind, severity=float(severity), eps=float(eps), steps=int(steps), mode=mode,
+                           source=src, seed=seed)
+
+# ----------------------------------------------------------------------------- compute (memoised per session)
+memo = st.session_state.setdefault("stress_memo", stress.Memo(12))
+set_key = stress.model_set_key(model_set)
+clean_key = ("clean", image_info["digest"], set_key, cam_layer)
+clean = memo.get(clean_key) or memo.put(clean_key, stress.analyse_clean(model_set, decoded.pixels, cam_layer=cam_layer))
+out_key = ("out", clean_key, pert)
+outcomes = memo.get(out_key)
+if outcomes is None:
+    with st.spinner("Attacking…" if kind == "pgd" else "Predicting…"):
+        outcomes = memo.put(out_key, stress.run_stress(model_set, clean, pert))
+
+flip_key = ("flip", clean_key, flip_steps, seed)
+if find_flip and memo.get(flip_key) is None:
+    bar = st.progress(0.0, text="Searching the smallest flipping eps…")
+    memo.put(flip_key, stress.flip_search_all(
+        model_set, clean, steps=flip_steps, seed=seed,
+        on_model=lambda k, n: bar.progress(k / n, text=f"Searching the smallest flipping eps: {k}/{n} models done")))
+    bar.empty()
+flips = memo.get(flip_key)
+flip_by_name = {f.name: f for f in flips} if flips else {}
+
+# ----------------------------------------------------------------------------- model cards
+desc = pert.describe()
+st.markdown(f"**{desc[:1].upper() + desc[1:]}**"
+            + (f" · true class of this image: **{stress.CLASS_NAMES[true_label]}**" if true_label is not None else ""))
+vmax = stress.shared_delta_scale(outcomes)
+cols = st.columns(len(outcomes))
+for i, (col, o) in enumerate(zip(cols, outcomes)):
+    with col.container(border=True, key=f"model-card-{i}"):
+        detail = f"{o.image_size} px" if o.name == o.method else f"{o.method}, {o.image_size} px"
+        st.markdown(f"<span style='color:{o.colour};font-size:1.3em'>■</span> **{o.name}** "
+                    f"<span style='color:#888'>({detail})</span>", unsafe_allow_html=True)
+        if not o.ok:
+            st.error(o.error, icon=":material/block:")
+            continue
+        if o.warning:
+            st.caption(":material/warning: collapsed in training: answers one class for most images, so its "
+                       "robustness means nothing", help=o.warning)
+        st.metric("Prediction", o.label, delta=("flipped" if o.flipped else "unchanged") if kind != "none" else None,
+                  delta_color="inverse" if o.flipped else "off", delta_arrow="off")
+        st.progress(min(1.0, max(0.0, o.p_covid)), text=f"P(COVID-19) = {o.p_covid:.1%}")
+        if kind != "none":
+            st.caption(f"Unperturbed: {o.clean_label}, P(COVID-19) {o.clean_p:.1%}; change {100 * o.delta_p:+.1f} "
+                       f"points. ‖δ‖₂ = {o.l2:.3f}, max |δ| = {o.linf:.3f}")
+        if o.name in flip_by_name:
+            st.caption(f"Smallest flipping eps: {flip_by_name[o.name].describe()}")
+        pics = stress.card_images(o, vmax=vmax, target=192)
+        a, b = st.columns(2)
+        a.image(pics["perturbed"], caption="input seen by the model", width="stretch")
+        b.image(pics["perturbation"], caption=(f"perturbation ×{stress.magnification(vmax):.0f} "
+                                               "(red brighter, blue darker)") if vmax > 0 else "no perturbation",
+                width="stretch")
+        a, b = st.columns(2)
+        flat = {True: " (flat)", False: ""}
+        a.image(pics["cam_clean"], caption=f"Grad-CAM, clean{flat[stress.cam_is_flat(o.cam_clean)]}", width="stretch")
+        b.image(pics["cam_perturbed"], caption=f"Grad-CAM, perturbed{flat[stress.cam_is_flat(o.cam_pert)]}",
+                width="stretch")
+
+if flips:
+    st.subheader("Smallest eps that flips each prediction")
+    colours = {o.name: o.colour for o in outcomes}
+    st.plotly_chart(plots.flip_eps_figure([(f.name, colours.get(f.name, "#777"), f.eps) for f in flips if not f.error],
+                                          max_eps=stress.MAX_EPS), key="flip_fig")
+    st.caption("L2 radius stated at 224 px, found by bisection (tolerance 0.05) over seeded PGD; hatched: not "
+               "flipped even at eps 5. A robust model needs a larger eps.")
+
+# ----------------------------------------------------------------------------- snapshot
+snap = stress.snapshot(model_set=model_set, pert=pert, outcomes=outcomes, flips=flips, image=image_info,
+                       cam_layer=cam_layer)
+snap_json = json.dumps(snap, indent=1, default=float)
+snap_zip = stress.snapshot_zip(snap, outcomes)
+st.session_state["stress_snapshot"] = {"description": pert.describe(), "json": snap_json, "zip": snap_zip}
+d1, d2, _ = st.columns([2, 2, 3])
+d1.download_button("Download snapshot (ZIP: JSON + images)", snap_zip, file_name="medrobust-stress-snapshot.zip",
+                   mime="application/zip", on_click="ignore", key="dl_snapshot_zip")
+d2.download_button("Download snapshot (JSON)", snap_json, file_name="medrobust-stress-snapshot.json",
+                   mime="application/json", on_click="ignore", key="dl_snapshot_json")
+st.caption("The snapshot holds the settings, every model's answer and checkpoint hash, and the model-resolution "
+           "images; it never holds the file name or any DICOM tag.")
