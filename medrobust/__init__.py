@@ -26,16 +26,17 @@ _API: dict[str, str] = {
     # science
     "XrayResNet": "models", "build_model": "models",
     "pgd": "attacks", "pgd_multi_eps": "attacks", "scale_eps": "attacks",
-    "apply_corruption": "corruptions",
+    "apply_corruption": "corruptions", "clinical_corrupt": "clinical", "CLINICAL": "clinical",
     "augmix": "augmix", "jsd_loss": "augmix",
     "classification_metrics": "metrics", "bootstrap_ci": "metrics", "reliability_bins": "metrics",
+    "cluster_bootstrap_ci": "stats", "paired_cluster_bootstrap": "stats",
     "Method": "choices", "Norm": "choices", "Noise": "choices", "CLASS_NAMES": "choices",
     # workflows
-    "load_dataset": "data", "read_records": "data", "split_by_patient": "data", "split_kfold": "data",
+    "load_dataset": "data", "read_records": "data", "split_by_patient": "data",
     "load_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
     "TrainConfig": "training", "PRESETS": "training", "preset_config": "training", "train": "training",
-    "EvalConfig": "evaluation", "evaluate_model": "evaluation", "write_results": "evaluation",
-    "load_results": "evaluation",
+    "EvalConfig": "evaluation", "evaluate_model": "evaluation", "evaluate_cv": "evaluation",
+    "write_results": "evaluation", "load_results": "evaluation", "split_kfold": "data",
     "render_report": "report",
 }
 

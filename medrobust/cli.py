@@ -99,11 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--init-cv", type=Path, metavar="CVDIR",
                    help="start fold i from CVDIR/fold<i>/model.safetensors (fine-tuning from the same fold's model)")
     e = sub.add_parser("evaluate", help="run the benchmark on the test patients of each model's split",
-                       description="Clean, L2 PGD (eps 1..5 at 224 px, 20 steps), gaussian/s&p/speckle at 0.1..1.0, "
-                                   "and calibration, on the held-out test patients. Refuses a split overlapping the "
-                                   "model's training patients.")
+                       description="Clean, L2 PGD (eps 1..5 at 224 px, 20 steps), the paper's gaussian/s&p/speckle at "
+                                   "0.1..1.0, the clinical suite (9 corruptions x 5 levels), and calibration, on the "
+                                   "held-out test patients, with patient-level bootstrap CIs and AUROC everywhere. "
+                                   "Refuses a split overlapping the model's training patients. A cross-validation "
+                                   "folder is evaluated fold by fold and pooled.")
     e.add_argument("checkpoints", nargs="*", type=Path,
-                   help="model .safetensors files or run folders (default: the newest run in runs/)")
+                   help="model .safetensors files, run folders, or cross-validation folders (fold0/, fold1/, ...: "
+                        "pooled out-of-fold evaluation); default: the newest run in runs/")
     _add_data(e)
     e.add_argument("--out", type=Path, help="results folder (default $MEDROBUST_RESULTS, else results/)")
     e.add_argument("--eps", type=_eps_list, help="comma-separated radii stated at 224 px (default 1,2,3,4,5)")
@@ -112,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--restarts", type=_positive_int, default=1, help="PGD random restarts for the sanity check (default 1)")
     e.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples for 95 %% CIs")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--suites", default="paper,clinical", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                   help="corruption suites: paper (the paper's noise levels), clinical (graded, from MedMNIST-C); "
+                        "default both")
     e.add_argument("--part", choices=["test", "val"], default="test", help="which split part to evaluate on")
     e.add_argument("--device", default="auto")
 
@@ -204,51 +210,69 @@ def cmd_cv(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from medrobust.data import DataError, check_no_overlap, load_dataset, split_from_info
-    from medrobust.settings import data_roots
+def _evaluate_one(ckpt: Path, *, args, config, dinfo, roots, datasets: dict) -> dict | None:
     from medrobust.checkpoints import CheckpointError, load_checkpoint
-    from medrobust.evaluation import EvalConfig, evaluate_model, write_results
-    from medrobust import distributed
+    from medrobust.data import DataError, check_no_overlap, load_dataset, split_from_info
+    from medrobust.evaluation import evaluate_model
 
-    targets = [_checkpoint_file(p) for p in args.checkpoints] or [_newest_run()]
+    model, card = load_checkpoint(ckpt, device=dinfo.device)
+    try:
+        size = int(card.get("image_size") or card["config"]["image_size"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{ckpt.name}: its card records no image size (image_size); "
+                              "evaluate models written by `medrobust train` or `export`.") from None
+    if size not in datasets:
+        datasets[size] = load_dataset(roots, image_size=size, progress=dinfo.is_main)
+    data = datasets[size]
+    split_info = card.get("split", {})
+    split = split_from_info(data.records, split_info)
+    if split_info.get("hash") and split.hash != split_info["hash"]:
+        print(f"note: the data differ from {ckpt.name}'s training data (split hash {split.hash} vs "
+              f"{split_info['hash']}); checking patient overlap.", file=sys.stderr)
+    check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients[args.part])
+    part = data.subset(split.images[args.part])
+    if len(part) == 0:
+        raise DataError(f"The {args.part} split is empty.")
+    name = card.get("name") or ckpt.stem
+    if dinfo.is_main:
+        print(f"evaluating {name} ({card.get('method')}) on {len(part)} {args.part} images at {size} px ...", file=sys.stderr)
+    result = evaluate_model(model, part.images, part.labels, config=config, name=name, card=card,
+                            keys=[r.key for r in part.records], groups=[r.patient for r in part.records],
+                            fold=int(split_info.get("fold", -1)) if split_info.get("folds") else -1,
+                            split_hash=split.hash)
+    result["part"] = args.part
+    result["world_size"] = dinfo.world
+    return result if dinfo.is_main else None  # every rank computed the same merged result; rank 0 writes it
+
+
+def cmd_evaluate(args) -> int:
+    from medrobust import distributed
+    from medrobust.evaluation import EvalConfig, evaluate_cv, is_cv_dir, write_results
+    from medrobust.settings import data_roots
+
     config = EvalConfig(eps=args.eps or EvalConfig.eps, norm=args.norm, pgd_steps=args.steps, restarts=args.restarts,
-                        n_boot=args.n_boot, seed=args.seed).validate()
+                        n_boot=args.n_boot, seed=args.seed, suites=tuple(args.suites)).validate()
     dinfo = distributed.setup(args.device)
-    device = dinfo.device
     roots = data_roots(args.data)
     datasets: dict[int, object] = {}
-    for ckpt in targets:
-        model, card = load_checkpoint(ckpt, device=device)
-        try:
-            size = int(card.get("image_size") or card["config"]["image_size"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{ckpt.name}: its card records no image size (image_size); "
-                                  "evaluate models written by `medrobust train` or `export`.") from None
-        if size not in datasets:
-            datasets[size] = load_dataset(roots, image_size=size, progress=dinfo.is_main)
-        data = datasets[size]
-        split_info = card.get("split", {})
-        split = split_from_info(data.records, split_info)
-        if split_info.get("hash") and split.hash != split_info["hash"]:
-            print(f"note: the data differ from {ckpt.name}'s training data (split hash {split.hash} vs "
-                  f"{split_info['hash']}); checking patient overlap.", file=sys.stderr)
-        check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients[args.part])
-        part = data.subset(split.images[args.part])
-        if len(part) == 0:
-            raise DataError(f"The {args.part} split is empty.")
-        name = card.get("name") or ckpt.stem
-        if dinfo.is_main:
-            print(f"evaluating {name} ({card.get('method')}) on {len(part)} {args.part} images at {size} px ...", file=sys.stderr)
-        result = evaluate_model(model, part.images, part.labels, config=config, name=name, card=card,
-                                keys=[r.key for r in part.records], split_hash=split.hash)
-        result["part"] = args.part
-        result["world_size"] = dinfo.world
-        if not dinfo.is_main:  # every rank computed the same merged result; rank 0 writes it
+    for target in args.checkpoints or [_newest_run()]:
+        if is_cv_dir(target):
+            if args.part != "test":
+                raise ValueError("a cross-validation is evaluated on each fold's test patients; --part val does not apply.")
+            if dinfo.enabled:
+                raise ValueError("evaluate a cross-validation in one process (torchrun is for single models).")
+            result = evaluate_cv(target, roots=roots, config=config, device=dinfo.device,
+                                 log=lambda text: print(text, file=sys.stderr, flush=True))
+        else:
+            result = _evaluate_one(_checkpoint_file(target), args=args, config=config, dinfo=dinfo, roots=roots,
+                                   datasets=datasets)
+        if result is None:
             continue
         paths = write_results(result, args.out or settings.results_dir())
         flag = "  DEGENERATE (one class for >= 95 % of images)" if result["degenerate"] else ""
-        print(f"{name}: clean acc {result['clean']['accuracy']:.3f} (balanced {result['clean']['balanced_accuracy']:.3f}), "
+        scope = f"pooled over {result['cv']['folds']} folds, " if "cv" in result else ""
+        print(f"{result['name']}: {scope}clean acc {result['clean']['accuracy']:.3f} "
+              f"(balanced {result['clean']['balanced_accuracy']:.3f}, AUROC {result['clean']['auroc']:.3f}), "
               f"PGD mean {result['summary']['pgd_' + config.norm]['accuracy']:.3f}, {result['timing']['total_s']:.0f} s "
               f"-> {paths[0]}{flag}")
     return 0

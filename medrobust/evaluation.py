@@ -1,19 +1,31 @@
-"""The paper's benchmark on held-out test patients: clean, L2 PGD, three noises, calibration.
+"""The benchmark on held-out test patients: clean, L2 PGD, the paper's noises, a clinically graded
+corruption suite, and calibration; single splits and pooled cross-validation alike.
 
-Outputs of :func:`evaluate_model` (one per model) are plain dicts, written by :func:`write_results`
-as ``<name>.json`` (everything), a long CSV (model, perturbation, severity, metric, value, ci_low,
-ci_high) and ``<name>.predictions.csv`` (per-sample clean probabilities).
+:func:`evaluate_model` runs one model on one test set and keeps every image's fp32 logits under every
+condition (:class:`PerSample`); :func:`summarise` turns those into the result (metrics per condition with
+patient-level cluster-bootstrap CIs, AUROC everywhere, means, relative robustness, calibration). Pooled
+cross-validation (:func:`evaluate_cv`) concatenates the folds' per-sample logits, so every labelled image
+is tested once, and summarises them in the same way, with the per-fold spread beside the pooled value.
+
+Written by :func:`write_results`: ``<name>.json`` (everything but per-sample logits), a long CSV
+(model, suite, perturbation, severity, metric, value, ci_low, ci_high), ``<name>.predictions.csv``
+(clean logits and probabilities at full precision, with patient and fold) and ``<name>.logits.npz``
+(every condition's logits), from which every reported number can be recomputed.
 
 Attack protocol: L2 PGD, random start, step 2.5·eps/steps, ``steps=20``; eps 1..5 stated at 224 px
 and scaled by side/224. A sample counts as broken as soon as any iterate fools the model (the
 first fooling example is kept). With ``restarts > 1`` every sample still standing is attacked again
 from a fresh random start, and the restart accuracy is reported beside the single-start one.
+Attack iterations may run under bf16 autocast where the CPU has native bf16; every prediction that
+is counted is an fp32 forward pass, so a checkpoint gives the same counts on every CPU kind.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,15 +34,22 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from medrobust.attacks import cpu_bf16_is_fast, pgd_multi_eps, scale_eps
 from medrobust.choices import CLASS_NAMES, Norm, parse_choice
-from medrobust.attacks import autocast_for, pgd_multi_eps, scale_eps
+from medrobust.clinical import CLINICAL, LEVELS, clinical_corrupt
 from medrobust.corruptions import SEVERITIES, apply_corruption
-from medrobust.metrics import bootstrap_ci, classification_metrics, reliability_bins
+from medrobust.fileio import atomic_write_bytes, atomic_write_text
+from medrobust.metrics import classification_metrics, reliability_bins
 from medrobust.models import XrayResNet, fold_batchnorm
+from medrobust.stats import cluster_bootstrap_ci, fold_spread
 
 NOISES = ("gaussian", "salt_and_pepper", "speckle")
-PER_LEVEL_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity")
-RESULT_VERSION = 1
+SUITES = ("paper", "clinical")
+#: Metrics reported (with CIs) at every condition.
+PER_LEVEL_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auroc")
+#: Metrics whose per-fold spread is reported for cross-validated results.
+FOLD_METRICS = ("accuracy", "balanced_accuracy", "auroc")
+RESULT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -43,10 +62,11 @@ class EvalConfig:
     restarts: int = 1  # extra random starts for the sanity check (5 in the shipped evaluation)
     noises: tuple[str, ...] = NOISES
     severities: tuple[float, ...] = tuple(SEVERITIES)
+    suites: tuple[str, ...] = SUITES  # "paper": the paper's noises; "clinical": medrobust.clinical's ladders
     seed: int = 0
     n_boot: int = 1000
     batch_size: int = 64
-    use_autocast: bool = True
+    use_autocast: bool = True  # attack iterations only; counted predictions are always fp32
 
     def validate(self) -> "EvalConfig":
         if any(e < 0 for e in self.eps):
@@ -58,7 +78,82 @@ class EvalConfig:
             raise ValueError(f"restarts must be >= 1, got {self.restarts}.")
         if any(s < 0 for s in self.severities):
             raise ValueError("severities must be >= 0.")
+        unknown = [s for s in self.suites if s not in SUITES]
+        if unknown:
+            raise ValueError(f"Unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}.")
         return self
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of showing the test set to the model: clean, an attack radius, or a corruption level."""
+
+    suite: str  # "clean" | "attack" | "paper" | "clinical"
+    perturbation: str  # "clean", "pgd_l2", "gaussian", ..., "clinical/<name>"
+    severity: float  # eps (stated at 224 px), noise variance/amount, or clinical level 1..5
+    param: float | None = None  # clinical: the corruption's parameter at this level
+
+    @property
+    def key(self) -> str:
+        return f"{self.perturbation}@{self.severity:g}"
+
+
+def conditions_for(config: EvalConfig) -> list[Condition]:
+    """Every condition of the benchmark, in the order the result lists them."""
+    out = [Condition("clean", "clean", 0.0)]
+    out += [Condition("attack", f"pgd_{config.norm}", float(e)) for e in config.eps]
+    if "paper" in config.suites:
+        out += [Condition("paper", n, float(s)) for n in config.noises for s in config.severities]
+    if "clinical" in config.suites:
+        out += [Condition("clinical", f"clinical/{n}", float(lv), float(CLINICAL[n][lv - 1]))
+                for n in CLINICAL for lv in LEVELS]
+    return out
+
+
+@dataclass
+class PerSample:
+    """Every test image's fp32 logits under every condition: enough to recompute each reported number."""
+
+    keys: list[str]
+    labels: np.ndarray  # (N,) int
+    groups: np.ndarray  # (N,) patient keys (clusters for the bootstrap)
+    folds: np.ndarray  # (N,) int: the test fold of each image, -1 for a single split
+    conditions: list[Condition]
+    logits: np.ndarray  # (C, N, 2) float32
+    restart_ok: np.ndarray  # (E, N) bool: still correct after every restart, per eps
+
+    def probs(self, index: int) -> np.ndarray:
+        z = self.logits[index].astype(np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    @classmethod
+    def concat(cls, parts: Sequence["PerSample"]) -> "PerSample":
+        first = parts[0]
+        if any([c.key for c in p.conditions] != [c.key for c in first.conditions] for p in parts):
+            raise ValueError("Cannot pool results evaluated under different conditions.")
+        keys = [k for p in parts for k in p.keys]
+        if len(set(keys)) != len(keys):
+            raise ValueError("Pooled folds test an image twice; the folds do not partition the data.")
+        return cls(keys=keys, labels=np.concatenate([p.labels for p in parts]),
+                   groups=np.concatenate([p.groups for p in parts]), folds=np.concatenate([p.folds for p in parts]),
+                   conditions=list(first.conditions), logits=np.concatenate([p.logits for p in parts], axis=1),
+                   restart_ok=np.concatenate([p.restart_ok for p in parts], axis=1))
+
+    def save(self, path: str | Path) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, keys=np.array(self.keys), labels=self.labels, groups=self.groups.astype(str),
+                            folds=self.folds, logits=self.logits, restart_ok=self.restart_ok,
+                            conditions=np.array(json.dumps([asdict(c) for c in self.conditions])))
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PerSample":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(keys=[str(k) for k in z["keys"]], labels=z["labels"], groups=z["groups"], folds=z["folds"],
+                       conditions=[Condition(**c) for c in json.loads(str(z["conditions"]))],
+                       logits=z["logits"], restart_ok=z["restart_ok"])
 
 
 def _batches(n: int, size: int):
@@ -67,21 +162,9 @@ def _batches(n: int, size: int):
 
 
 @torch.no_grad()
-def _probs(model, x: torch.Tensor, *, use_autocast: bool) -> torch.Tensor:
-    with autocast_for(x.device, use_autocast):
-        logits = model(x.contiguous(memory_format=torch.channels_last))
-    return torch.softmax(logits.float(), 1)
-
-
-def _level_row(perturbation: str, severity: float, labels: np.ndarray, probs: np.ndarray, *, n_boot: int, seed: int,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    m = classification_metrics(labels=labels, probs=probs)
-    cis = bootstrap_ci(labels=labels, probs=probs, metrics=PER_LEVEL_METRICS, n_boot=n_boot, seed=seed)
-    row = {"perturbation": perturbation, "severity": float(severity),
-           **{k: m[k] for k in (*PER_LEVEL_METRICS, "majority_fraction", "positive_rate")},
-           "ci": {k: list(v) for k, v in cis.items()}}
-    row.update(extra or {})
-    return row
+def _logits(model, x: torch.Tensor) -> np.ndarray:
+    """The counted prediction: an fp32 forward pass, whatever the attack iterations used."""
+    return model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
 
 
 def _rank_world() -> tuple[int, int]:
@@ -94,19 +177,25 @@ def _generator(device, *, seed: int, stage: int, batch_index: int) -> torch.Gene
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + stage * 10_007 + batch_index)
 
 
-def _evaluate_batch(model, xb: torch.Tensor, yb: torch.Tensor, *, config: EvalConfig, eps_px: list[float],
-                    batch_index: int, timing: dict[str, float]) -> dict[str, Any]:
-    """Everything the benchmark needs from one batch: clean, adversarial and noisy probabilities."""
-    device = xb.device
-    use_ac = config.use_autocast
-    out: dict[str, Any] = {"clean": _probs(model, xb, use_autocast=use_ac).cpu().numpy()}
+def _perturbed(xb: torch.Tensor, cond: Condition, *, config: EvalConfig, stage: int, batch_index: int) -> torch.Tensor:
+    g = _generator(xb.device, seed=config.seed, stage=stage, batch_index=batch_index)
+    if cond.suite == "paper":
+        return apply_corruption(xb, name=cond.perturbation, severity=cond.severity, generator=g)
+    return clinical_corrupt(xb, name=cond.perturbation.split("/", 1)[1], level=int(cond.severity), generator=g)
+
+
+def _evaluate_batch(model, xb: torch.Tensor, yb: torch.Tensor, *, config: EvalConfig, conditions: list[Condition],
+                    eps_px: list[float], batch_index: int, timing: dict[str, float]) -> dict[str, Any]:
+    """Every condition's fp32 logits for one batch, and which samples survive the restarts."""
+    device, use_ac = xb.device, config.use_autocast
+    logits: list[np.ndarray] = [_logits(model, xb)]
     t0 = time.time()
     advs = pgd_multi_eps(model, xb, yb, eps_list=eps_px, steps=config.pgd_steps, norm=config.norm,
                          generator=_generator(device, seed=config.seed, stage=1, batch_index=batch_index),
                          use_autocast=use_ac)
-    out["adv"] = [_probs(model, advs[ep], use_autocast=use_ac).cpu().numpy() for ep in eps_px]
+    logits += [_logits(model, advs[ep]) for ep in eps_px]
     y_cpu = yb.cpu().numpy()
-    restart_ok = [a.argmax(1) == y_cpu for a in out["adv"]]
+    restart_ok = [z.argmax(1) == y_cpu for z in logits[1:]]
     for r in range(config.restarts - 1):
         g = _generator(device, seed=config.seed, stage=2 + r, batch_index=batch_index)
         for i, ep in enumerate(eps_px):
@@ -116,22 +205,32 @@ def _evaluate_batch(model, xb: torch.Tensor, yb: torch.Tensor, *, config: EvalCo
             ti = torch.as_tensor(idx, device=device)
             adv = pgd_multi_eps(model, xb[ti], yb[ti], eps_list=[ep], steps=config.pgd_steps, norm=config.norm,
                                 generator=g, use_autocast=use_ac)[ep]
-            ok = _probs(model, adv, use_autocast=use_ac).argmax(1).cpu().numpy() == y_cpu[idx]
             restart_ok[i] = restart_ok[i].copy()
-            restart_ok[i][idx] = ok
-    out["restart_ok"] = restart_ok
+            restart_ok[i][idx] = _logits(model, adv).argmax(1) == y_cpu[idx]
     timing["pgd_s"] += time.time() - t0
     t0 = time.time()
-    out["noise"] = []
-    for ni, noise in enumerate(config.noises):
-        per_level = []
-        for li, sev in enumerate(config.severities):
-            g = _generator(device, seed=config.seed, stage=100 + 10 * ni + li, batch_index=batch_index)
-            xc = apply_corruption(xb, name=noise, severity=sev, generator=g)
-            per_level.append(_probs(model, xc, use_autocast=use_ac).cpu().numpy())
-        out["noise"].append(per_level)
-    timing["noise_s"] += time.time() - t0
-    return out
+    for ci, cond in enumerate(conditions):
+        if cond.suite in ("paper", "clinical"):
+            logits.append(_logits(model, _perturbed(xb, cond, config=config, stage=100 + ci, batch_index=batch_index)))
+    timing["corruption_s"] += time.time() - t0
+    return {"logits": np.stack(logits), "restart_ok": np.stack(restart_ok) if restart_ok else np.zeros((0, len(y_cpu)), bool)}
+
+
+def precision_info(device: torch.device | str, *, attack_autocast: bool) -> dict[str, Any]:
+    """Which arithmetic produced a result, and on what: recorded with every result."""
+    device = torch.device(device)
+    bf16 = attack_autocast and (device.type == "cuda" or (device.type == "cpu" and cpu_bf16_is_fast()))
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"counted_predictions": "fp32", "attack_iterations": "bf16 autocast" if bf16 else "fp32",
+            "device": str(device), "cpu": cpu, "cpu_native_bf16": bool(device.type == "cpu" and cpu_bf16_is_fast()),
+            "torch": torch.__version__}
 
 
 def evaluate_model(
@@ -143,6 +242,8 @@ def evaluate_model(
     name: str,
     card: dict[str, Any] | None = None,
     keys: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    fold: int = -1,
     split_hash: str | None = None,
     on_progress: Callable[[str, float], None] | None = None,
 ) -> dict[str, Any]:
@@ -153,9 +254,19 @@ def evaluate_model(
     model
         Any module mapping (N, 1, H, W) in [0, 1] to two logits; put in eval mode.
     images, labels
-        The test set: uint8 (or float in [0, 1]) images and 0/1 labels.
+        The test set: uint8 (or float in [0, 1]) images, shape (N, 1, H, W), and 0/1 labels, shape (N,).
     config
         Benchmark settings (:class:`EvalConfig`).
+    keys, groups
+        Per-image identifiers and patient keys (N,); CIs resample patients. Without ``groups`` every
+        image counts as its own patient (say so when you report it).
+    fold
+        The cross-validation fold this test set is (-1 for a single split).
+
+    Returns
+    -------
+    dict
+        The result (see :func:`summarise`); ``result["_per_sample"]`` holds the :class:`PerSample` logits.
     """
     config.validate()
     t_start = time.time()
@@ -165,129 +276,203 @@ def evaluate_model(
         model = fold_batchnorm(model)  # same function, ~1.2x faster passes
     x_all = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
     y_all = labels.long()
-    y_np = y_all.numpy()
     n = x_all.shape[0]
     if n == 0:
         raise ValueError("The test set is empty.")
     side = int(x_all.shape[-1])
     progress = on_progress or (lambda stage, frac: None)
     eps_px = [scale_eps(e, norm=config.norm, side=side) for e in config.eps]
+    conditions = conditions_for(config)
     # Every batch is seeded from (seed, stage, batch index), so results do not depend on which
     # process handles which batch: a torchrun evaluation equals the single-process one.
     slices = list(_batches(n, config.batch_size))
     rank, world = _rank_world()
     outputs: dict[int, dict[str, Any]] = {}
-    timing = {"pgd_s": 0.0, "noise_s": 0.0}
+    timing = {"pgd_s": 0.0, "corruption_s": 0.0}
     for bi in range(rank, len(slices), world):
         outputs[bi] = _evaluate_batch(model, x_all[slices[bi]].to(device), y_all[slices[bi]].to(device),
-                                      config=config, eps_px=eps_px, batch_index=bi, timing=timing)
+                                      config=config, conditions=conditions, eps_px=eps_px, batch_index=bi,
+                                      timing=timing)
         progress("batches", (bi + 1) / len(slices))
     if world > 1:
         gathered: list[Any] = [None] * world
         torch.distributed.all_gather_object(gathered, outputs)
         outputs = {k: v for part in gathered for k, v in part.items()}
     order = range(len(slices))
-    clean = np.concatenate([outputs[b]["clean"] for b in order])
-    clean_m = classification_metrics(labels=y_np, probs=clean)
-    clean_ci = bootstrap_ci(labels=y_np, probs=clean, metrics=(*PER_LEVEL_METRICS, "auroc"), n_boot=config.n_boot,
-                            seed=config.seed)
-    rows = [_level_row("clean", 0.0, y_np, clean, n_boot=config.n_boot, seed=config.seed,
-                       extra={"auroc": clean_m["auroc"]})]
-    rows[0]["ci"]["auroc"] = list(clean_ci["auroc"])
-    degenerate = bool(clean_m["degenerate"])
-    correct_single = {e: np.concatenate([outputs[b]["adv"][i].argmax(1) == y_np[slices[b]] for b in order])
-                      for i, e in enumerate(config.eps)}
-    correct_restart = {e: np.concatenate([outputs[b]["restart_ok"][i] for b in order]) for i, e in enumerate(config.eps)}
-    for i, e in enumerate(config.eps):
-        extra = {"eps_pixels": eps_px[i], "norm": config.norm, "steps": config.pgd_steps}
+    keys = list(keys) if keys is not None else [str(i) for i in range(n)]
+    per_sample = PerSample(
+        keys=keys, labels=y_all.numpy().astype(np.int64),
+        groups=np.asarray(list(groups) if groups is not None else keys, dtype=str),
+        folds=np.full(n, int(fold), dtype=np.int64), conditions=conditions,
+        logits=np.concatenate([outputs[b]["logits"] for b in order], axis=1).astype(np.float32),
+        restart_ok=np.concatenate([outputs[b]["restart_ok"] for b in order], axis=1))
+    result = summarise(per_sample, config=config, name=name, card=card, split_hash=split_hash, image_size=side)
+    result["precision"] = precision_info(device, attack_autocast=config.use_autocast)
+    result["timing"] = {"total_s": time.time() - t_start, **timing}
+    return result
+
+
+def _ci_dict(cis: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+    return {k: [float(v[0]), float(v[1])] for k, v in cis.items()}
+
+
+def _condition_row(ps: PerSample, index: int, *, config: EvalConfig, eps_px: dict[float, float]) -> dict[str, Any]:
+    cond = ps.conditions[index]
+    probs = ps.probs(index)
+    m = classification_metrics(labels=ps.labels, probs=probs)
+    cis = cluster_bootstrap_ci(labels=ps.labels, probs=probs, groups=ps.groups, metrics=PER_LEVEL_METRICS,
+                               n_boot=config.n_boot, seed=config.seed)
+    row: dict[str, Any] = {"suite": cond.suite, "perturbation": cond.perturbation, "severity": cond.severity,
+                           **{k: m[k] for k in (*PER_LEVEL_METRICS, "majority_fraction", "positive_rate")},
+                           "ci": _ci_dict(cis)}
+    if cond.param is not None:
+        row["param"] = cond.param
+    if cond.suite == "attack":
+        e = list(eps_px).index(cond.severity)
+        row.update({"eps_pixels": eps_px[cond.severity], "norm": config.norm, "steps": config.pgd_steps})
         if config.restarts > 1:
-            extra["accuracy_restarts"] = float(correct_restart[e].mean())
-            extra["restarts"] = config.restarts
-        adv = np.concatenate([outputs[b]["adv"][i] for b in order])
-        rows.append(_level_row(f"pgd_{config.norm}", e, y_np, adv, n_boot=config.n_boot, seed=config.seed, extra=extra))
-    for ni, noise in enumerate(config.noises):
-        for li, sev in enumerate(config.severities):
-            probs = np.concatenate([outputs[b]["noise"][ni][li] for b in order])
-            rows.append(_level_row(noise, sev, y_np, probs, n_boot=config.n_boot, seed=config.seed))
-    pgd_seconds, noise_seconds = timing["pgd_s"], timing["noise_s"]
-    # ---- summaries and sanity ----------------------------------------------------------------
-    summary: dict[str, Any] = {"clean": {k: clean_m[k] for k in (*PER_LEVEL_METRICS, "auroc")}}
-    for pert in (f"pgd_{config.norm}", *config.noises):
-        sel = [r for r in rows if r["perturbation"] == pert]
-        summary[pert] = {k: float(np.mean([r[k] for r in sel])) for k in PER_LEVEL_METRICS}
-    pgd_rows = [r for r in rows if r["perturbation"] == f"pgd_{config.norm}"]
-    accs = [clean_m["accuracy"]] + [r["accuracy"] for r in pgd_rows]
-    sanity = {
-        "eps0_equals_clean": True,  # eps = 0 returns the input unchanged (tested in tests/test_attacks.py)
-        "monotone_in_eps": bool(all(b <= a + 1e-12 for a, b in zip(accs, accs[1:]))),
-        "restart_gap": {str(e): float(correct_single[e].mean() - correct_restart[e].mean()) for e in config.eps}
-        if config.restarts > 1 else {},
-    }
-    if config.restarts > 1:
-        sanity["restart_gap_ok"] = bool(max(sanity["restart_gap"].values()) <= 0.02)
-    calibration = {k: clean_m[k] for k in ("rmsce", "rmsce_plugin", "ece", "entropy", "nll", "brier")}
+            row["accuracy_restarts"] = float(ps.restart_ok[e].mean())
+            row["restarts"] = config.restarts
+    folds = sorted(set(ps.folds.tolist()) - {-1})
+    if len(folds) > 1:
+        per_fold = {k: [] for k in FOLD_METRICS}
+        for f in folds:
+            sel = ps.folds == f
+            fm = classification_metrics(labels=ps.labels[sel], probs=probs[sel])
+            for k in FOLD_METRICS:
+                per_fold[k].append(float(fm[k]))
+        row["folds"] = per_fold
+    return row
+
+
+def _means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in PER_LEVEL_METRICS}
+
+
+def summarise(ps: PerSample, *, config: EvalConfig, name: str, card: dict[str, Any] | None = None,
+              split_hash: str | None = None, image_size: int | None = None) -> dict[str, Any]:
+    """The result of one model from its per-sample logits (one test set, or pooled folds).
+
+    Every condition gets accuracy, balanced accuracy, sensitivity, specificity and AUROC with 95 %
+    patient-level cluster-bootstrap CIs (``ps.groups``); the summary gives means per perturbation,
+    mean corruption metrics per suite and relative robustness (mean corrupted / clean); clean images
+    get the calibration metrics. With several folds, each row carries its per-fold values too.
+    """
     card = card or {}
-    return {
+    side = int(image_size or card.get("image_size") or 0)
+    eps_px = {float(e): scale_eps(e, norm=config.norm, side=side or 224) for e in config.eps}
+    rows = [_condition_row(ps, i, config=config, eps_px=eps_px) for i in range(len(ps.conditions))]
+    clean_probs = ps.probs(0)
+    clean_m = classification_metrics(labels=ps.labels, probs=clean_probs)
+    clean = {**clean_m, "ci": rows[0]["ci"]}
+    summary: dict[str, Any] = {"clean": {k: clean_m[k] for k in PER_LEVEL_METRICS}}
+    for pert in dict.fromkeys(r["perturbation"] for r in rows[1:]):
+        summary[pert] = _means([r for r in rows if r["perturbation"] == pert])
+    suites: dict[str, Any] = {}
+    for suite in ("paper", "clinical"):
+        sel = [r for r in rows if r["suite"] == suite]
+        if sel:
+            mean = _means(sel)
+            suites[suite] = {"mean": mean, "relative": {k: (mean[k] / clean_m[k] if clean_m[k] else math.nan)
+                                                        for k in PER_LEVEL_METRICS}}
+    pgd_rows = [r for r in rows if r["suite"] == "attack"]
+    accs = [clean_m["accuracy"]] + [r["accuracy"] for r in pgd_rows]
+    restart_gap = ({f"{e:g}": float(r["accuracy"] - r["accuracy_restarts"]) for e, r in zip(config.eps, pgd_rows)}
+                   if config.restarts > 1 else {})
+    sanity = {"eps0_equals_clean": True,  # eps = 0 returns the input unchanged (tested in tests/science/test_attacks.py)
+              "monotone_in_eps": bool(all(b <= a + 1e-12 for a, b in zip(accs, accs[1:]))),
+              "restart_gap": restart_gap}
+    if restart_gap:
+        sanity["restart_gap_ok"] = bool(max(restart_gap.values()) <= 0.02)
+    folds = sorted(set(ps.folds.tolist()) - {-1})
+    y = ps.labels
+    result = {
         "result_version": RESULT_VERSION,
         "name": name,
         "method": card.get("method", "unknown"),
         "image_size": side,
-        "n_test": n,
-        "n_per_class": {CLASS_NAMES[c]: int((y_np == c).sum()) for c in range(len(CLASS_NAMES))},
-        "degenerate": degenerate,
+        "n_test": int(y.size),
+        "n_patients": int(len(set(ps.groups.tolist()))),
+        "n_per_class": {CLASS_NAMES[c]: int((y == c).sum()) for c in range(len(CLASS_NAMES))},
+        "degenerate": bool(clean_m["degenerate"]),
         "majority_fraction": clean_m["majority_fraction"],
-        "params": {**asdict(config), "eps_pixels": eps_px,
-                   "eps_note": f"L2 budgets stated at 224 px, scaled by {side}/224" if config.norm == "l2" else "L-inf per pixel"},
+        "params": {**asdict(config), "eps_pixels": list(eps_px.values()),
+                   "eps_note": f"L2 budgets stated at 224 px, scaled by {side}/224" if config.norm == "l2" else "L-inf per pixel",
+                   "ci_note": "95 % percentile bootstrap resampling patients (stratified by the patient's label)"},
         "split_hash": split_hash or card.get("split", {}).get("hash"),
         "model_sha256": card.get("sha256"),
         "checkpoint_card": {k: card.get(k) for k in ("name", "method", "epochs_done", "selected_epoch", "collapsed",
                                                        "train_seconds", "device") if k in card},
-        "clean": {**clean_m, "ci": {k: list(v) for k, v in clean_ci.items()}},
-        "calibration": calibration,
+        "clean": clean,
+        "calibration": {k: clean_m[k] for k in ("rmsce", "rmsce_plugin", "ece", "entropy", "nll", "brier")},
         "calibration_note": "rmsce = Kumar et al. debiased L2 CE (15 equal-mass bins, clipped at 0); rmsce_plugin = the "
                             "same without debiasing; entropy = mean per-sample predictive entropy in nats (<= ln 2).",
-        "reliability": reliability_bins(labels=y_np, probs=clean, n_bins=15),
+        "reliability": reliability_bins(labels=y, probs=clean_probs, n_bins=15),
         "rows": rows,
         "summary": summary,
+        "suites": suites,
         "sanity": sanity,
-        "predictions": {"keys": list(keys) if keys is not None else list(range(n)), "labels": y_np.tolist(),
-                        "p_covid": clean[:, 1].tolist()},
-        "timing": {"total_s": time.time() - t_start, "pgd_s": pgd_seconds, "noise_s": noise_seconds},
+        "predictions": {"keys": list(ps.keys), "labels": y.tolist(), "p_covid": clean_probs[:, 1].tolist()},
+        "_per_sample": ps,
     }
+    if len(folds) > 1:
+        result["cv"] = {"folds": len(folds),
+                        "clean": {k: fold_spread(rows[0]["folds"][k]) for k in FOLD_METRICS},
+                        "note": "pooled out-of-fold predictions: every labelled image tested once, by the fold model "
+                                "that never saw its patient; per-fold mean ± sd beside the pooled value"}
+    return result
 
 
 def long_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The long-format table: one line per (perturbation, severity, metric)."""
+    """The long-format table: one line per (suite, perturbation, severity, metric)."""
     out = []
     for r in result["rows"]:
-        for metric in (*PER_LEVEL_METRICS, "auroc", "accuracy_restarts"):
+        for metric in (*PER_LEVEL_METRICS, "accuracy_restarts"):
             if metric not in r:
                 continue
             lo, hi = r["ci"].get(metric, (math.nan, math.nan))
-            out.append({"model": result["name"], "method": result["method"], "perturbation": r["perturbation"],
-                        "severity": r["severity"], "metric": metric, "value": r[metric], "ci_low": lo, "ci_high": hi})
+            out.append({"model": result["name"], "method": result["method"], "suite": r.get("suite", ""),
+                        "perturbation": r["perturbation"], "severity": r["severity"], "metric": metric,
+                        "value": r[metric], "ci_low": lo, "ci_high": hi})
     for k, v in result["calibration"].items():
-        out.append({"model": result["name"], "method": result["method"], "perturbation": "clean", "severity": 0.0,
-                    "metric": k, "value": v, "ci_low": math.nan, "ci_high": math.nan})
+        out.append({"model": result["name"], "method": result["method"], "suite": "clean", "perturbation": "clean",
+                    "severity": 0.0, "metric": k, "value": v, "ci_low": math.nan, "ci_high": math.nan})
     return out
 
 
-def write_results(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write ``<name>.json``, ``<name>.csv`` (long format) and ``<name>.predictions.csv``."""
-    from medrobust.fileio import atomic_write_text
+def public(result: dict[str, Any]) -> dict[str, Any]:
+    """The result without its in-memory parts (keys starting with ``_``)."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}
 
+
+def write_results(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write ``<name>.json``, ``<name>.csv`` (long format), ``<name>.predictions.csv`` and ``<name>.logits.npz``.
+
+    The predictions CSV holds each test image's key, patient, fold, label, the two clean fp32 logits and
+    P(COVID-19) with full float precision; the ``.npz`` holds every condition's logits (:class:`PerSample`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = result["name"]
     paths = [out_dir / f"{name}.json", out_dir / f"{name}.csv", out_dir / f"{name}.predictions.csv"]
-    atomic_write_text(paths[0], json.dumps(result, indent=1, default=float))
+    atomic_write_text(paths[0], json.dumps(public(result), indent=1, default=float))
     rows = long_rows(result)
     lines = [",".join(rows[0].keys())] if rows else []
     for r in rows:
         lines.append(",".join(_csv_cell(v) for v in r.values()))
     atomic_write_text(paths[1], "\n".join(lines) + "\n")
-    pred = result["predictions"]
-    plines = ["key,label,p_covid"] + [f"{_csv_cell(k)},{l},{p:.6f}" for k, l, p in zip(pred["keys"], pred["labels"], pred["p_covid"])]
+    ps: PerSample | None = result.get("_per_sample")
+    if ps is not None:
+        clean = ps.probs(0)
+        plines = ["key,patient,fold,label,logit_0,logit_1,p_covid"] + [
+            f"{_csv_cell(k)},{_csv_cell(str(g))},{f},{l},{float(z[0])!r},{float(z[1])!r},{float(p)!r}"
+            for k, g, f, l, z, p in zip(ps.keys, ps.groups, ps.folds, ps.labels, ps.logits[0], clean[:, 1])]
+        paths.append(out_dir / f"{name}.logits.npz")
+        ps.save(paths[-1])
+    else:  # a result read back from JSON: the clean probabilities it carries
+        pred = result["predictions"]
+        plines = ["key,label,p_covid"] + [f"{_csv_cell(k)},{l},{float(p)!r}"
+                                          for k, l, p in zip(pred["keys"], pred["labels"], pred["p_covid"])]
     atomic_write_text(paths[2], "\n".join(plines) + "\n")
     return paths
 
@@ -303,7 +488,7 @@ def _csv_cell(v: Any) -> str:
 
 
 def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Read result JSONs (files, or folders whose ``*.json`` results are all read)."""
+    """Read result JSONs (files, or folders whose ``*.json`` results are all read); each gets ``_path``."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -319,5 +504,103 @@ def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{f} is not valid JSON ({exc}).") from None
         if isinstance(d, dict) and "rows" in d and "summary" in d:
+            d["_path"] = str(f)
             results.append(d)
     return results
+
+
+def per_sample_of(result: dict[str, Any]) -> PerSample | None:
+    """The per-sample logits of a result: in memory, or the ``.logits.npz`` written beside its JSON."""
+    if result.get("_per_sample") is not None:
+        return result["_per_sample"]
+    path = result.get("_path")
+    if path and Path(path).with_suffix(".logits.npz").is_file():
+        result["_per_sample"] = PerSample.load(Path(path).with_suffix(".logits.npz"))
+        return result["_per_sample"]
+    return None
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+def fold_checkpoints(cv_dir: str | Path) -> list[Path]:
+    """``CVDIR/fold<i>/model.safetensors`` for i = 0..K-1; raises when a fold is missing or unfinished."""
+    cv_dir = Path(cv_dir)
+    folds = sorted((p for p in cv_dir.glob("fold*") if p.is_dir() and p.name[4:].isdigit()), key=lambda p: int(p.name[4:]))
+    if not folds:
+        raise FileNotFoundError(f"{cv_dir} holds no fold<i>/ run folders; train them with `python -m medrobust cv`.")
+    missing = [p.name for p in folds if not (p / "model.safetensors").is_file()]
+    expected = [f"fold{i}" for i in range(len(folds))]
+    if missing or [p.name for p in folds] != expected:
+        raise FileNotFoundError(f"{cv_dir}: folds {', '.join(missing) or 'out of sequence'} are not finished; "
+                                "run the same `cv` command again to complete them.")
+    return [p / "model.safetensors" for p in folds]
+
+
+def is_cv_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / "fold0").is_dir() and not (path / "model.safetensors").exists()
+
+
+def evaluate_cv(
+    cv_dir: str | Path,
+    *,
+    roots,
+    config: EvalConfig,
+    device: torch.device | str = "cpu",
+    name: str | None = None,
+    log: Callable[[str], None] = lambda text: None,
+) -> dict[str, Any]:
+    """Evaluate every fold model on its own test patients and pool the out-of-fold predictions.
+
+    Each fold's split is rebuilt from its card and checked for patient overlap with that fold's
+    training patients; the pooled set must test every labelled image exactly once.
+
+    Returns
+    -------
+    dict
+        The pooled result (:func:`summarise` of the concatenated per-sample logits) with ``cv``
+        (number of folds, per-fold spread, each fold's wall time) and ``fold_results`` (each fold's
+        own clean metrics).
+    """
+    from medrobust.checkpoints import load_checkpoint
+    from medrobust.data import DataError, check_no_overlap, load_dataset, split_from_info
+
+    cv_dir = Path(cv_dir)
+    parts, fold_summaries, cards, data = [], [], [], None
+    for i, ckpt in enumerate(fold_checkpoints(cv_dir)):
+        model, card = load_checkpoint(ckpt, device=device)
+        size = int(card.get("image_size") or card["config"]["image_size"])
+        if data is None or data.image_size != size:
+            data = load_dataset(roots, image_size=size)
+        split_info = card.get("split", {})
+        if int(split_info.get("folds", 0)) < 2 or int(split_info.get("fold", -1)) != i:
+            raise DataError(f"{ckpt} is not fold {i} of a cross-validation (its card says folds="
+                            f"{split_info.get('folds')}, fold={split_info.get('fold')}).")
+        split = split_from_info(data.records, split_info)
+        check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients["test"])
+        test = data.subset(split.images["test"])
+        log(f"fold {i}: {len(test)} test images of {len(split.patients['test'])} patients ...")
+        t0 = time.time()
+        r = evaluate_model(model, test.images, test.labels, config=config, name=f"{cv_dir.name}-fold{i}", card=card,
+                           keys=[x.key for x in test.records], groups=[x.patient for x in test.records], fold=i,
+                           split_hash=split.hash)
+        parts.append(r["_per_sample"])
+        fold_summaries.append({"fold": i, "n_test": r["n_test"], "split_hash": split.hash, "seconds": time.time() - t0,
+                               "train_seconds": card.get("train_seconds"),
+                               "clean": {k: r["clean"][k] for k in PER_LEVEL_METRICS}, "degenerate": r["degenerate"]})
+        cards.append(card)
+    pooled = PerSample.concat(parts)
+    n_labelled = len(data.records) if data is not None else 0
+    if len(pooled.keys) != n_labelled:
+        raise DataError(f"The folds test {len(pooled.keys)} images but the data hold {n_labelled}: the data "
+                        "differ from those the folds were trained on.")
+    card = {**cards[0], "name": name or cv_dir.name, "sha256": None}
+    result = summarise(pooled, config=config, name=name or cv_dir.name, card=card, split_hash=None,
+                       image_size=int(cards[0].get("image_size") or 0))
+    result["cv"].update({"dir": cv_dir.name, "fold_results": fold_summaries,
+                         "model_sha256": [c.get("sha256") for c in cards],
+                         "train_seconds": [c.get("train_seconds") for c in cards]})
+    result["precision"] = precision_info(device, attack_autocast=config.use_autocast)
+    result["timing"] = {"total_s": sum(f["seconds"] for f in fold_summaries)}
+    return result

@@ -88,13 +88,171 @@ def table_two(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auroc": "AUROC"}
+
+
+def _fmt(metric: str, v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.3f}" if metric == "auroc" else _pct(v)
+
+
+def _with_ci(metric: str, v: float, ci: Sequence[float] | None) -> str:
+    if not ci or any(c is None or (isinstance(c, float) and math.isnan(c)) for c in ci):
+        return _fmt(metric, v)
+    return f"{_fmt(metric, v)} [{_fmt(metric, ci[0])}, {_fmt(metric, ci[1])}]"
+
+
+def _spread(metric: str, d: dict[str, float] | None) -> str:
+    if not d or d.get("n", 0) < 2:
+        return "–"
+    scale = 1.0 if metric == "auroc" else 100.0
+    digits = 3 if metric == "auroc" else 1
+    return f"{scale * d['mean']:.{digits}f} ± {scale * d['sd']:.{digits}f}"
+
+
+def table_cv(results: Sequence[dict[str, Any]]) -> str:
+    """Pooled out-of-fold clean metrics with patient-bootstrap CIs, and the per-fold mean ± sd beside them."""
+    cv = [r for r in _sorted(results) if "cv" in r]
+    if not cv:
+        return ""
+    lines = ["| model | folds | images (patients) | accuracy [95 % CI] | balanced acc. [95 % CI] | AUROC [95 % CI] | "
+             "per-fold bal. acc. | per-fold AUROC |", "|" + "---|" * 8]
+    for r in cv:
+        c, ci = r["clean"], r["clean"]["ci"]
+        lines.append(f"| {r['name']}{_flag(r)} | {r['cv']['folds']} | {r['n_test']} ({r.get('n_patients', '–')}) | "
+                     f"{_with_ci('accuracy', c['accuracy'], ci.get('accuracy'))} | "
+                     f"{_with_ci('balanced_accuracy', c['balanced_accuracy'], ci.get('balanced_accuracy'))} | "
+                     f"{_with_ci('auroc', c['auroc'], ci.get('auroc'))} | "
+                     f"{_spread('balanced_accuracy', r['cv']['clean'].get('balanced_accuracy'))} | "
+                     f"{_spread('auroc', r['cv']['clean'].get('auroc'))} |")
+    lines += ["", "Every labelled image is tested once, by the fold model that never saw its patient; CIs resample "
+              "patients (95 % percentile bootstrap). Accuracy and balanced accuracy in %."]
+    return "\n".join(lines)
+
+
+def suite_rows(result: dict[str, Any], suite: str) -> list[dict[str, Any]]:
+    """The rows of one corruption suite ("paper" or "clinical"); results written before suites existed are "paper"."""
+    return [x for x in result["rows"] if x.get("suite", "paper" if x["perturbation"] in ("gaussian", "salt_and_pepper",
+                                                                                         "speckle") else "") == suite]
+
+
+def table_suite_means(results: Sequence[dict[str, Any]], suite: str = "clinical") -> str:
+    """Mean corruption accuracy, balanced accuracy and AUROC per model, and relative robustness (corrupted / clean)."""
+    res = [r for r in _sorted(results) if suite_rows(r, suite)]
+    if not res:
+        return ""
+    lines = [f"| model | clean bal. acc. | mean {suite} bal. acc. | relative | clean AUROC | mean {suite} AUROC | relative |",
+             "|" + "---|" * 7]
+    for r in res:
+        rows = suite_rows(r, suite)
+        bacc = sum(x["balanced_accuracy"] for x in rows) / len(rows)
+        au = [x.get("auroc", math.nan) for x in rows]
+        auroc = sum(au) / len(au)
+        c = r["clean"]
+        lines.append(f"| {r['name']}{_flag(r)} | {_pct(c['balanced_accuracy'])} | {_pct(bacc)} | "
+                     f"{bacc / c['balanced_accuracy']:.2f} | {_fmt('auroc', c.get('auroc'))} | {_fmt('auroc', auroc)} | "
+                     f"{auroc / c['auroc'] if c.get('auroc') else math.nan:.2f} |")
+    return "\n".join(lines)
+
+
+def table_levels(result: dict[str, Any], *, suite: str = "clinical", metric: str = "auroc") -> str:
+    """One model's metric at every level of every corruption of a suite (the severity check)."""
+    rows = suite_rows(result, suite)
+    if not rows:
+        return ""
+    perts = list(dict.fromkeys(x["perturbation"] for x in rows))
+    levels = sorted({x["severity"] for x in rows})
+    lines = [f"| {result['name']}: {METRIC_LABELS.get(metric, metric)} | clean | "
+             + " | ".join(f"{'level' if suite == 'clinical' else 'sev.'} {v:g}" for v in levels) + " |",
+             "|---|---|" + "---|" * len(levels)]
+    for pert in perts:
+        cells = []
+        for v in levels:
+            x = next((x for x in rows if x["perturbation"] == pert and x["severity"] == v), None)
+            cell = _fmt(metric, x.get(metric)) if x else "–"
+            if x and x.get("param") is not None:
+                cell += f" ({x['param']:g})"
+            cells.append(cell)
+        lines.append(f"| {pert.split('/', 1)[-1]} | {_fmt(metric, result['clean'].get(metric))} | " + " | ".join(cells) + " |")
+    if suite == "clinical":
+        lines += ["", "In brackets: the corruption's parameter at that level (medrobust.clinical.CLINICAL)."]
+    return "\n".join(lines)
+
+
+def paired_differences(results: Sequence[dict[str, Any]], *, baseline: str = "standard",
+                       metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "auroc"),
+                       n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """Each method against ``baseline`` on the same images: difference, paired patient-bootstrap CI, p-value.
+
+    Uses the per-sample logits (``<name>.logits.npz`` beside a result, or in memory); pairs only results
+    with the same images under the same conditions (e.g. the pooled cross-validations of two methods).
+    Conditions: clean and every PGD radius.
+    """
+    from medrobust.evaluation import per_sample_of
+    from medrobust.stats import paired_cluster_bootstrap
+
+    by_method = {}
+    for r in results:
+        by_method.setdefault(r.get("method"), r)
+    base = by_method.get(baseline)
+    ps_base = per_sample_of(base) if base else None
+    if ps_base is None:
+        return []
+    out = []
+    for r in _sorted(results):
+        if r is base or r.get("method") == baseline:
+            continue
+        ps = per_sample_of(r)
+        if ps is None or ps.keys != ps_base.keys or [c.key for c in ps.conditions] != [c.key for c in ps_base.conditions]:
+            continue
+        for i, cond in enumerate(ps.conditions):
+            if cond.suite not in ("clean", "attack"):
+                continue
+            d = paired_cluster_bootstrap(labels=ps.labels, probs_a=ps_base.probs(i), probs_b=ps.probs(i),
+                                         groups=ps.groups, metrics=tuple(metrics), n_boot=n_boot, seed=seed)
+            out.append({"model": r["name"], "method": r.get("method"), "baseline": base["name"],
+                        "condition": "clean" if cond.suite == "clean" else f"PGD eps {cond.severity:g}",
+                        "differences": d})
+    return out
+
+
+def table_paired(pairs: Sequence[dict[str, Any]], *, metric: str = "balanced_accuracy") -> str:
+    from medrobust.stats import describe_difference
+
+    if not pairs:
+        return ""
+    lines = ["| model vs baseline | condition | difference [95 % CI] | p | in words |", "|---|---|---|---|---|"]
+    for p in pairs:
+        d = p["differences"][metric]
+        scale, digits = (1.0, 3) if metric == "auroc" else (100.0, 1)
+        lines.append(f"| {p['model']} vs {p['baseline']} | {p['condition']} | {scale * d['difference']:+.{digits}f} "
+                     f"[{scale * d['ci'][0]:+.{digits}f}, {scale * d['ci'][1]:+.{digits}f}] | {d['p_value']:.3f} | "
+                     f"{describe_difference(metric, d, a_name=p['baseline'], b_name=p['model'])} |")
+    return "\n".join(lines)
+
+
 def render_report(results: Sequence[dict[str, Any]]) -> str:
     """Both tables plus the per-eps table and warnings, as Markdown."""
     if not results:
         raise ValueError("No evaluation results to report; run `python -m medrobust evaluate` first.")
-    parts = ["### Table I — accuracy / balanced accuracy (%)", table_one(results), "",
-             "### PGD accuracy per radius", table_pgd(results), "",
-             "### Table II — calibration (clean test images)", table_two(results)]
+    parts = []
+    cv = table_cv(results)
+    if cv:
+        parts += ["### Cross-validated: pooled out-of-fold results", cv, ""]
+    pairs = paired_differences(results)
+    for metric in ("balanced_accuracy", "auroc", "accuracy") if pairs else ():
+        parts += [f"### Paired differences against standard: {METRIC_LABELS[metric]}", table_paired(pairs, metric=metric), ""]
+    parts += ["### Table I — accuracy / balanced accuracy (%)", table_one(results), "",
+              "### PGD accuracy per radius", table_pgd(results), "",
+              "### Table II — calibration (clean test images)", table_two(results)]
+    clinical = table_suite_means(results, "clinical")
+    if clinical:
+        parts += ["", "### Clinical corruption suite: means over 9 corruptions x 5 levels", clinical]
+        std = next((r for r in _sorted(results) if r.get("method") == "standard" and suite_rows(r, "clinical")), None)
+        if std is not None:
+            parts += ["", "#### Severity check: the standard model at every level", table_levels(std, metric="auroc"),
+                      "", table_levels(std, metric="balanced_accuracy")]
     parts += ["", "### The paper's figures, for comparison", paper.paper_tables_markdown()]
     warns = [r for r in results if r.get("degenerate")]
     for r in warns:
@@ -204,7 +362,12 @@ def clinical_reading(results: Sequence[dict[str, Any]]) -> list[str]:
     bad = [r for r in res if r.get("degenerate")]
     n_test = res[0].get("n_test")
     npc = res[0].get("n_per_class") or {}
-    if n_test:
+    if n_test and "cv" in res[0]:
+        per = ", ".join(f"{v} {k}" for k, v in npc.items())
+        out.append(f"All numbers come from **{n_test} images** ({per}) of {res[0].get('n_patients', '?')} patients, "
+                   f"each predicted by the one of {res[0]['cv']['folds']} fold models that never saw its patient. "
+                   "The 95 % intervals resample patients; where they overlap, the data do not tell the models apart.")
+    elif n_test:
         per = ", ".join(f"{v} {k}" for k, v in npc.items())
         out.append(f"All numbers come from **{n_test} held-out test images** ({per}) of patients the models never "
                    "saw in training. With so few images the 95 % intervals are wide: differences of a few "

@@ -152,3 +152,29 @@ def broken_checkpoints(tiny_checkpoints, tmp_path) -> Path:
     data[-10] ^= 0xFF
     w.write_bytes(bytes(data))
     return dst
+
+
+@pytest.fixture(scope="session")
+def cv_checkpoints(tiny_checkpoints, tmp_path_factory) -> Path:
+    """The tiny set plus ``cv/results``: pooled 2-fold results of two stand-in models (standard, robust),
+    each fold evaluated by the real ``evaluate_model`` on its half of the synthetic images (two images a patient)."""
+    from medrobust.evaluation import EvalConfig, PerSample, evaluate_model, summarise, write_results
+
+    root = tmp_path_factory.mktemp("cvck") / "checkpoints"
+    shutil.copytree(tiny_checkpoints, root)
+    images, labels = _synthetic_test_set()
+    n = len(labels)
+    keys = [f"img{i}" for i in range(n)]
+    groups = [f"p{i // 2}" for i in range(n)]
+    config = EvalConfig(eps=(1.0, 2.0), severities=(0.1, 0.5), pgd_steps=2, n_boot=50, seed=0)
+    for m, gain in (("standard", 6.0), ("robust", 14.0)):
+        parts = []
+        for fold, sel in enumerate((slice(0, n // 2), slice(n // 2, n))):
+            r = evaluate_model(_BrightnessModel(gain).eval(), images[sel], labels[sel], config=config, name=m,
+                               card={"method": m}, keys=keys[sel], groups=groups[sel], fold=fold)
+            parts.append(r["_per_sample"])
+        pooled = summarise(PerSample.concat(parts), config=config, name=f"cv-{m}", card={"method": m},
+                           image_size=TINY_SIZE)
+        pooled["cv"]["fold_results"] = [{"fold": f, "clean": {"balanced_accuracy": 0.5, "auroc": 0.5}} for f in (0, 1)]
+        write_results(pooled, root / "cv" / "results")
+    return root

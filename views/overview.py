@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from medrobust import paper, report, settings
-from medrobust.dashboard import plots, resultsets, ui
+from medrobust.dashboard import overview, plots, resultsets, ui
 
 ui.page_header(
     "Chest X-ray classifiers under noise and attack",
@@ -28,6 +28,9 @@ if not results:
 
 ui.degenerate_warnings(results)
 
+if any("cv" in r for r in results):
+    overview.cross_validation_section(results)
+
 st.subheader("What this means for a clinician")
 st.markdown("\n".join(f"- {line}" for line in report.clinical_reading(results)))
 
@@ -42,10 +45,16 @@ st.caption(
     "them with the caveats below."
 )
 
-st.subheader("Accuracy as the perturbation grows")
-st.plotly_chart(plots.robustness_curves(results), key="curves")
-st.caption("Top row accuracy, bottom row balanced accuracy, with 95 % CI bars; x = 0 is the clean test set. "
-           "Dashed lines are degenerate models.")
+st.subheader("Scores as the perturbation grows")
+suite, metric = overview.curve_controls(results)
+st.plotly_chart(plots.robustness_curves(results, metric=metric, suite=suite), key="curves")
+st.caption(f"{overview.METRICS[metric]} with 95 % CI bars (patient-level bootstrap); x = 0 is the clean test set. "
+           + ("Clinical suite: nine corruptions at five graded levels (medrobust.clinical). " if suite == "clinical"
+              else "The paper's noise levels (variance / amount 0.1-1.0). ")
+           + "Dashed lines are degenerate models.")
+if suite == "clinical":
+    with st.expander("Clinical suite: mean over all corruptions and levels, and relative robustness"):
+        st.markdown(report.table_suite_means(results, "clinical"))
 
 with st.expander("PGD accuracy at each radius (with 95 % CIs)"):
     st.dataframe(pd.DataFrame(report.table_pgd_rows(results)), hide_index=True)

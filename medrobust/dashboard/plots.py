@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from medrobust.metrics import predictive_entropy
+from medrobust.report import METRIC_LABELS
 from medrobust.dashboard.palette import colour_for, rgba
 
 NOISE_TITLES = {"gaussian": "Gaussian noise", "salt_and_pepper": "Salt & pepper", "speckle": "Speckle noise"}
@@ -39,39 +40,58 @@ def _series(r: dict[str, Any], pert: str, metric: str, *, with_clean: bool) -> t
     return xs, ys, lo, hi
 
 
-def robustness_curves(results: Sequence[dict[str, Any]], *, height: int = 560) -> go.Figure:
-    """Accuracy (top row) and balanced accuracy (bottom row) vs PGD eps and vs each noise's severity,
-    with 95 % CI error bars; eps 0 / severity 0 is the clean score."""
+METRIC_TITLES = METRIC_LABELS
+
+
+def _suite_columns(results: Sequence[dict[str, Any]], suite: str) -> list[tuple[str, str]]:
     norm = results[0].get("params", {}).get("norm", "l2") if results else "l2"
-    cols = [(f"pgd_{norm}", f"PGD-{norm.upper()} (eps at 224 px)")] + list(NOISE_TITLES.items())
-    fig = make_subplots(rows=2, cols=len(cols), shared_yaxes=True, shared_xaxes="columns",
-                        horizontal_spacing=0.03, vertical_spacing=0.09,
-                        subplot_titles=[t for _, t in cols] + [""] * len(cols))
+    cols = [(f"pgd_{norm}", f"PGD-{norm.upper()} (eps at 224 px)")]
+    if suite == "paper":
+        return cols + list(NOISE_TITLES.items())
+    perts = dict.fromkeys(x["perturbation"] for r in results for x in r["rows"] if x.get("suite") == suite)
+    return cols + [(p, p.split("/", 1)[-1].replace("_", " ")) for p in perts]
+
+
+def robustness_curves(results: Sequence[dict[str, Any]], *, metric: str = "balanced_accuracy", suite: str = "paper",
+                      height: int | None = None) -> go.Figure:
+    """``metric`` (accuracy, balanced accuracy or AUROC) against PGD eps and each corruption's severity in
+    ``suite`` ("paper": the paper's noises at 0.1-1.0; "clinical": nine corruptions at levels 1-5), with
+    95 % CI error bars; x = 0 is the clean score. Chance (0.5) is dotted for balanced accuracy and AUROC."""
+    if metric not in METRIC_TITLES:
+        raise ValueError(f"Unknown metric {metric!r}; choose one of {', '.join(METRIC_TITLES)}.")
+    cols = _suite_columns(results, suite)
+    ncols = min(5, len(cols))
+    nrows = -(-len(cols) // ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, shared_yaxes=True, horizontal_spacing=0.03, vertical_spacing=0.16,
+                        subplot_titles=[t for _, t in cols])
     for r in results:
         colour = result_colour(r)
         dash = "dash" if r.get("degenerate") else "solid"
-        for row, metric in ((1, "accuracy"), (2, "balanced_accuracy")):
-            for col, (pert, _) in enumerate(cols, start=1):
-                xs, ys, lo, hi = _series(r, pert, metric, with_clean=True)
-                if len(xs) <= 1:
-                    continue
-                err_p = [h - y if not math.isnan(h) else 0 for h, y in zip(hi, ys)]
-                err_m = [y - l if not math.isnan(l) else 0 for l, y in zip(lo, ys)]
-                fig.add_trace(go.Scatter(
-                    x=xs, y=ys, mode="lines+markers", name=_legend_name(r), legendgroup=r["name"],
-                    showlegend=(row == 1 and col == 1), line=dict(color=colour, dash=dash, width=2),
-                    marker=dict(size=5), error_y=dict(type="data", array=err_p, arrayminus=err_m, thickness=1,
-                                                      width=2, color=rgba(colour, 0.5)),
-                    hovertemplate=f"{r['name']}<br>%{{x}}: %{{y:.1%}}<extra>{metric.replace('_', ' ')}</extra>"),
-                    row=row, col=col)
-    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
-    fig.update_yaxes(title_text="accuracy", row=1, col=1)
-    fig.update_yaxes(title_text="balanced accuracy", row=2, col=1)
-    for col in range(1, len(cols) + 1):
-        fig.update_xaxes(title_text="eps" if col == 1 else "severity", row=2, col=col)
-        fig.add_hline(y=0.5, line=dict(color="#999", width=1, dash="dot"), row=2, col=col)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.12),
-                      hovermode="closest")
+        for i, (pert, _) in enumerate(cols):
+            row, col = divmod(i, ncols)
+            xs, ys, lo, hi = _series(r, pert, metric, with_clean=True)
+            if len(xs) <= 1:
+                continue
+            err_p = [h - y if not math.isnan(h) else 0 for h, y in zip(hi, ys)]
+            err_m = [y - l if not math.isnan(l) else 0 for l, y in zip(lo, ys)]
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines+markers", name=_legend_name(r), legendgroup=r["name"],
+                showlegend=(i == 0), line=dict(color=colour, dash=dash, width=2),
+                marker=dict(size=5), error_y=dict(type="data", array=err_p, arrayminus=err_m, thickness=1,
+                                                  width=2, color=rgba(colour, 0.5)),
+                hovertemplate=f"{r['name']}<br>%{{x}}: %{{y:.3f}}<extra>{METRIC_TITLES[metric]}</extra>"),
+                row=row + 1, col=col + 1)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".2f" if metric == "auroc" else ".0%")
+    for row in range(1, nrows + 1):
+        fig.update_yaxes(title_text=METRIC_TITLES[metric], row=row, col=1)
+    for i, (pert, _) in enumerate(cols):
+        row, col = divmod(i, ncols)
+        fig.update_xaxes(title_text="eps" if i == 0 else ("level" if suite == "clinical" else "severity"),
+                         row=row + 1, col=col + 1)
+        if metric != "accuracy":
+            fig.add_hline(y=0.5, line=dict(color="#999", width=1, dash="dot"), row=row + 1, col=col + 1)
+    fig.update_layout(height=height or 320 * nrows + 80, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=-0.12), hovermode="closest")
     return fig
 
 

@@ -113,7 +113,7 @@ class ResultSet:
     """Evaluation results from one place."""
 
     label: str
-    kind: str  # "shipped" | "results" | "run"
+    kind: str  # "cv" | "shipped" | "results" | "attempt" | "run"
     path: Path
     results: list[dict[str, Any]]
     errors: list[str] = field(default_factory=list)
@@ -142,6 +142,7 @@ def read_result_folder(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
             d.setdefault("method", "unknown")
             d.setdefault("degenerate", False)
             d["_source"] = str(f)
+            d["_path"] = str(f)  # medrobust.evaluation.per_sample_of finds the .logits.npz beside it
             results.append(d)
     results.sort(key=lambda r: (METHOD_ORDER.get(r.get("method"), 99), r["name"]))
     return results, errors
@@ -149,13 +150,16 @@ def read_result_folder(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 def discover_result_sets(*, checkpoints: str | Path | None = None, results: str | Path | None = None,
                          runs: str | Path | None = None) -> list[ResultSet]:
-    """All result sets, shipped first: ``CHECKPOINTS/results``, each ``CHECKPOINTS/attempts/*``, ``RESULTS``,
+    """All result sets, the headline first: ``CHECKPOINTS/cv/results`` (pooled cross-validation),
+    ``CHECKPOINTS/results`` (the shipped single-split models), each ``CHECKPOINTS/attempts/*``, ``RESULTS``,
     then each ``RUNS/*/eval``."""
     out: list[ResultSet] = []
     ck = Path(checkpoints) if checkpoints is not None else settings.checkpoints_dir()
     rs = Path(results) if results is not None else settings.results_dir()
     rn = Path(runs) if runs is not None else settings.runs_dir()
-    for label, kind, folder in ((f"shipped models ({ck / 'results'})", "shipped", ck / "results"),
+    for label, kind, folder in ((f"cross-validated, pooled out-of-fold ({ck / 'cv' / 'results'})", "cv",
+                                 ck / "cv" / "results"),
+                                (f"shipped models, single split ({ck / 'results'})", "shipped", ck / "results"),
                                 (f"evaluated results ({rs})", "results", rs)):
         if folder.is_dir():
             res, errs = read_result_folder(folder)
@@ -193,7 +197,7 @@ def combine(sets: Sequence[ResultSet]) -> list[dict[str, Any]]:
                 tag = s.path.parent.name if s.kind == "run" else s.path.name if s.kind == "attempt" else s.kind
                 r["name"] = f"{r['name']} [{tag}]"
             seen[r["name"]] = 1
-            r["_shipped"] = s.kind == "shipped"
+            r["_shipped"] = s.kind in ("shipped", "cv")
             out.append(r)
     return out
 
@@ -219,7 +223,7 @@ def results_csv(results: Sequence[dict[str, Any]]) -> str:
     from medrobust.evaluation import long_rows
 
     buf = io.StringIO()
-    fields = ["model", "method", "perturbation", "severity", "metric", "value", "ci_low", "ci_high",
+    fields = ["model", "method", "suite", "perturbation", "severity", "metric", "value", "ci_low", "ci_high",
               "degenerate", "image_size", "n_test", "norm", "pgd_steps", "restarts", "n_boot", "seed",
               "eps_note", "split_hash", "model_sha256"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

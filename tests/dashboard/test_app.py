@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import (  # noqa: F401 - fixtures
     broken_checkpoints,
+    cv_checkpoints,
     compressed_dicom_bytes,
     dashboard_env,
     dicom_bytes,
@@ -100,6 +101,31 @@ def test_calibration_page_shows_a_reliability_diagram_per_model(dashboard_env):
     charts = at.get("plotly_chart")
     assert len(charts) == 4 + 2  # four reliability diagrams, confidence histograms, entropy
     assert "Reliability diagrams" in _texts(at)
+
+
+def test_overview_leads_with_the_cross_validation_and_switches_suite_and_metric(cv_checkpoints, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDROBUST_CHECKPOINTS", str(cv_checkpoints))
+    monkeypatch.setenv("MEDROBUST_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("MEDROBUST_RUNS", str(tmp_path / "runs"))
+    at = _app()
+    _no_exception(at)
+    text = _texts(at)
+    assert "Cross-validated results" in text and "40 images of 20 patients" in text
+    heads = [h.value for h in at.subheader]
+    assert heads[0].startswith("Cross-validated results") and any(h.startswith("Table I") for h in heads[1:])
+    assert "Is a method better than standard?" in text and "cv-robust" in text and "cv-standard" in text
+    assert "The paper's own figures" in text and "95.96" in text  # the paper's Table I beside ours
+    for suite in ("clinical", "paper"):
+        for metric in ("auroc", "accuracy", "balanced_accuracy"):
+            at.radio(key="ov_suite").set_value(suite).run()
+            at.radio(key="ov_metric").set_value(metric).run()
+            _no_exception(at)
+    at.radio(key="ov_suite").set_value("clinical").run()
+    assert "Clinical suite" in _texts(at)
+    # The single-split shipped set is still one choice away.
+    at.selectbox(key="overview_set").set_value(at.selectbox(key="overview_set").options[1]).run()
+    _no_exception(at)
+    assert "Cross-validated results" not in _texts(at)
 
 
 def test_downloads_page(dashboard_env):

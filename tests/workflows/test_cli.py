@@ -19,7 +19,7 @@ from medrobust.evaluation import write_results
 
 from conftest import make_actualmed_root, make_covid_root
 
-LONG_HEADER = ["model", "method", "perturbation", "severity", "metric", "value", "ci_low", "ci_high"]
+LONG_HEADER = ["model", "method", "suite", "perturbation", "severity", "metric", "value", "ci_low", "ci_high"]
 
 
 def run_main(argv: list[str]) -> tuple[int, str, str]:
@@ -166,7 +166,7 @@ def test_evaluate_writes_json_and_csvs(e2e):
     assert rc == 0, err
     assert "Traceback" not in err
     results = e2e["base"] / "results"
-    assert sorted(p.name for p in results.iterdir()) == ["run.csv", "run.json", "run.predictions.csv"]
+    assert sorted(p.name for p in results.iterdir()) == ["run.csv", "run.json", "run.logits.npz", "run.predictions.csv"]
     assert "run: clean acc" in out and str(results / "run.json") in out
 
     result = json.loads((results / "run.json").read_text())
@@ -186,7 +186,10 @@ def test_evaluate_writes_json_and_csvs(e2e):
     body = [dict(zip(LONG_HEADER, r)) for r in rows[1:]]
     assert all(len(r) == len(LONG_HEADER) for r in rows)
     perts = {r["perturbation"] for r in body}
-    assert perts == {"clean", "pgd_l2", "gaussian", "salt_and_pepper", "speckle"}
+    from medrobust.clinical import CLINICAL
+
+    assert perts == {"clean", "pgd_l2", "gaussian", "salt_and_pepper", "speckle", *(f"clinical/{n}" for n in CLINICAL)}
+    assert {r["metric"] for r in body if r["perturbation"] != "clean"} >= {"accuracy", "balanced_accuracy", "auroc"}
     pgd_acc = [r for r in body if r["perturbation"] == "pgd_l2" and r["metric"] == "accuracy"]
     assert [float(r["severity"]) for r in pgd_acc] == [1.0, 2.0, 3.0, 4.0, 5.0]
     for r in body:

@@ -1,0 +1,151 @@
+"""Cross-validated evaluation end to end on tiny synthetic data: folds, pooling, files that recompute every
+number, paired comparisons, and counted predictions that do not depend on the CPU's bf16."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medrobust.evaluation import EvalConfig, PerSample, evaluate_model, per_sample_of, summarise, load_results
+from medrobust.metrics import classification_metrics
+
+from conftest import make_actualmed_root, make_covid_root
+from test_cli import assert_one_line_error, run_main
+
+
+@pytest.fixture(scope="module")
+def cv(tmp_path_factory):
+    """cv (smoke, 32 px, 3 folds) of standard, robust fine-tuned per fold, then pooled evaluation of both."""
+    base = tmp_path_factory.mktemp("cv")
+    data = [make_covid_root(base / "data").path, make_actualmed_root(base / "data").path]
+    data_args = [a for p in data for a in ("--data", str(p))]
+    small = ["--preset", "smoke", "--image-size", "32", "--folds", "3", "--no-progress", *data_args]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        mp.setenv("MEDROBUST_CACHE", str(base / "cache"))
+        mp.setenv("MEDROBUST_CPU_BF16", "0")
+        mp.delenv("MEDROBUST_DATA", raising=False)
+        std = run_main(["cv", "--method", "standard", *small, "--out", str(base / "cv-standard")])
+        rob = run_main(["cv", "--method", "robust", *small, "--out", str(base / "cv-robust"),
+                        "--init-cv", str(base / "cv-standard"), "--pgd-steps", "2"])
+        ev = run_main(["evaluate", str(base / "cv-standard"), str(base / "cv-robust"), *data_args,
+                       "--out", str(base / "results"), "--steps", "2", "--eps", "1,2", "--n-boot", "50"])
+        rep = run_main(["report", str(base / "results")])
+    return {"base": base, "data_args": data_args, "std": std, "rob": rob, "ev": ev, "report": rep}
+
+
+def test_cv_trains_every_fold_and_fine_tunes_from_the_same_fold(cv):
+    from medrobust.checkpoints import read_card
+
+    for key in ("std", "rob"):
+        rc, out, err = cv[key]
+        assert rc == 0, err
+    for fold in range(3):
+        std = read_card(cv["base"] / "cv-standard" / f"fold{fold}" / "model.safetensors")
+        rob = read_card(cv["base"] / "cv-robust" / f"fold{fold}" / "model.safetensors")
+        assert (std["split"]["folds"], std["split"]["fold"]) == (3, fold)
+        assert rob["split"]["hash"] == std["split"]["hash"]  # the same patients, fold by fold
+        assert rob["config"]["init"].endswith(f"fold{fold}/model.safetensors")
+    # Rerunning the command finds every fold done and trains nothing.
+    rc, out, _ = run_main(["cv", "--method", "standard", "--preset", "smoke", "--image-size", "32", "--folds", "3",
+                           "--no-progress", *cv["data_args"], "--out", str(cv["base"] / "cv-standard")])
+    assert rc == 0 and out.count("done already") == 3
+
+
+def test_init_from_another_folds_model_is_refused(cv, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDROBUST_CACHE", str(cv["base"] / "cache"))
+    rc, _, err = run_main(["train", "--method", "robust", "--preset", "smoke", "--image-size", "32", "--folds", "3",
+                           "--fold", "0", "--init", str(cv["base"] / "cv-standard" / "fold1" / "model.safetensors"),
+                           *cv["data_args"], "--out", str(tmp_path / "leak"), "--no-progress"])
+    assert_one_line_error(rc, err, "train", "test patient")
+
+
+def test_pooled_results_test_every_image_once_with_fold_spread(cv):
+    rc, out, err = cv["ev"]
+    assert rc == 0, err
+    assert out.count("pooled over 3 folds") == 2
+    results = {r["method"]: r for r in load_results([cv["base"] / "results"])}
+    std = results["standard"]
+    splits = [json.loads((cv["base"] / "cv-standard" / f"fold{i}" / "split.json").read_text()) for i in range(3)]
+    tested = [k for s in splits for k in s["images"]["test"]]
+    assert sorted(std["predictions"]["keys"]) == sorted(tested) and len(set(tested)) == len(tested)
+    assert std["n_test"] == len(tested) and std["cv"]["folds"] == 3
+    assert len(std["cv"]["fold_results"]) == 3 and all(len(r["folds"]["accuracy"]) == 3 for r in std["rows"])
+    assert {"mean", "sd", "n"} <= set(std["cv"]["clean"]["auroc"])
+    assert results["robust"]["predictions"]["keys"] == std["predictions"]["keys"]
+    for row in std["rows"]:  # AUROC and its CI at every condition
+        assert "auroc" in row and "auroc" in row["ci"]
+    assert {r["suite"] for r in std["rows"]} == {"clean", "attack", "paper", "clinical"}
+    assert std["precision"]["counted_predictions"] == "fp32"
+
+
+def test_every_reported_number_recomputes_from_the_files(cv):
+    results = load_results([cv["base"] / "results"])
+    for r in results:
+        with open(r["_path"].replace(".json", ".predictions.csv"), newline="") as fh:
+            preds = list(csv.DictReader(fh))
+        logits = np.array([[float(p["logit_0"]), float(p["logit_1"])] for p in preds])
+        z = np.exp(logits - logits.max(1, keepdims=True))
+        probs = z / z.sum(1, keepdims=True)
+        labels = np.array([int(p["label"]) for p in preds])
+        m = classification_metrics(labels=labels, probs=probs)
+        for k in ("accuracy", "balanced_accuracy", "auroc"):
+            assert m[k] == pytest.approx(r["clean"][k], abs=1e-12)
+        for k in ("rmsce", "rmsce_plugin", "ece"):
+            assert m[k] == pytest.approx(r["calibration"][k], abs=1e-12)
+        assert [float(p["p_covid"]) for p in preds] == pytest.approx(r["predictions"]["p_covid"], abs=1e-15)
+        ps = per_sample_of(r)
+        assert ps is not None and ps.keys == [p["key"] for p in preds]
+        for i, row in enumerate(r["rows"]):  # every condition, from the .npz
+            mi = classification_metrics(labels=ps.labels, probs=ps.probs(i))
+            assert (mi["balanced_accuracy"], mi["auroc"]) == pytest.approx((row["balanced_accuracy"], row["auroc"]),
+                                                                           abs=1e-12, nan_ok=True)
+
+
+def test_report_leads_with_the_pooled_table_and_paired_differences(cv):
+    rc, out, err = cv["report"]
+    assert rc == 0, err
+    assert out.index("Cross-validated") < out.index("Table I")
+    assert "Paired differences against standard" in out and "cv-robust vs cv-standard" in out
+    assert "Clinical corruption suite" in out and "Severity check" in out
+
+
+def test_pooling_refuses_overlapping_or_mismatched_parts():
+    cfg = EvalConfig(eps=(1.0,), suites=())
+    from medrobust.evaluation import conditions_for
+
+    conds = conditions_for(cfg)
+
+    def part(keys, fold):
+        n = len(keys)
+        return PerSample(keys=keys, labels=np.arange(n) % 2, groups=np.array(keys), folds=np.full(n, fold),
+                         conditions=conds, logits=np.zeros((len(conds), n, 2), np.float32),
+                         restart_ok=np.ones((1, n), bool))
+
+    pooled = PerSample.concat([part(["a", "b"], 0), part(["c", "d"], 1)])
+    assert pooled.keys == ["a", "b", "c", "d"] and pooled.folds.tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="twice"):
+        PerSample.concat([part(["a", "b"], 0), part(["b", "c"], 1)])
+    r = summarise(pooled, config=cfg, name="x", image_size=32)
+    assert r["cv"]["folds"] == 2 and r["n_test"] == 4
+
+
+def test_counted_predictions_are_fp32_whatever_the_cpu(monkeypatch):
+    from medrobust.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model().eval()
+    x = torch.rand(6, 1, 32, 32)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    cfg = EvalConfig(eps=(1.0,), pgd_steps=1, suites=("paper",), severities=(0.1,), n_boot=20)
+    out = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("MEDROBUST_CPU_BF16", flag)
+        r = evaluate_model(model, x, y, config=cfg, name="m")
+        out[flag] = (r["_per_sample"].logits[0], r["precision"])
+    assert np.array_equal(out["0"][0], out["1"][0])  # the clean prediction is counted in fp32 both times
+    assert out["1"][1]["attack_iterations"] == "bf16 autocast" and out["0"][1]["attack_iterations"] == "fp32"
