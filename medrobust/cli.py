@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="print Table I and Table II for evaluated models",
                        description="Print the paper's tables (Markdown) from evaluation JSON files or folders.")
-    r.add_argument("results", nargs="*", type=Path, help="result JSONs or folders (default results/, else checkpoints/results)")
+    r.add_argument("results", nargs="*", type=Path, help="result JSONs or folders (default results/, else the shipped checkpoints/cv/results and checkpoints/results)")
     r.add_argument("--out", type=Path, help="also write the report to this file")
 
     x = sub.add_parser("export", help="write a run's model as an fp16 checkpoint for shipping",
@@ -284,7 +284,8 @@ def cmd_report(args) -> int:
 
     paths = args.results
     if not paths:
-        paths = [settings.results_dir()] if settings.results_dir().is_dir() else [settings.shipped_results_dir()]
+        shipped = [d for d in (settings.cv_results_dir(), settings.shipped_results_dir()) if d.is_dir()]
+        paths = [settings.results_dir()] if settings.results_dir().is_dir() else shipped or [settings.shipped_results_dir()]
     text = render_report(load_results(paths))
     print(text)
     if args.out:

@@ -604,6 +604,29 @@ def classification_metrics(*, labels: ArrayLike, probs: ArrayLike) -> dict[str, 
     }
 
 
+def _check_bootstrap_options(metrics: Sequence[str], n_boot: int, level: float) -> tuple[str, ...]:
+    """The metric names, after checking them, ``n_boot`` and ``level`` (shared by every bootstrap)."""
+    if isinstance(metrics, str):
+        raise ValueError(f"metrics must be a sequence of names, e.g. ({metrics!r},)")
+    names = tuple(metrics)
+    if not names:
+        raise ValueError(
+            f"metrics is empty; name at least one of {', '.join(_BOOTSTRAP_METRICS)}"
+        )
+    unknown = [m for m in names if m not in _BOOTSTRAP_METRICS]
+    if unknown:
+        raise ValueError(
+            f"unknown metric(s) {unknown}; supported: {', '.join(_BOOTSTRAP_METRICS)}"
+        )
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not (
+        0.0 < level < 1.0
+    ):
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    return names
+
+
 def bootstrap_ci(
     *,
     labels: ArrayLike,
@@ -654,18 +677,7 @@ def bootstrap_ci(
         (0, 1).
     """
     y, p2 = _check_inputs(labels, probs)
-    if isinstance(metrics, str):
-        raise ValueError(f"metrics must be a sequence of names, e.g. ({metrics!r},)")
-    names = tuple(metrics)
-    unknown = [m for m in names if m not in _BOOTSTRAP_METRICS]
-    if unknown:
-        raise ValueError(
-            f"unknown metric(s) {unknown}; supported: {', '.join(_BOOTSTRAP_METRICS)}"
-        )
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    names = _check_bootstrap_options(metrics, n_boot, level)
 
     n = y.size
     rng = np.random.default_rng(seed)

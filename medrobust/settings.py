@@ -61,9 +61,14 @@ def checkpoints_dir() -> Path:
     return _path(ENV_CHECKPOINTS, "checkpoints")
 
 
-def shipped_results_dir() -> Path:
+def shipped_results_dir(checkpoints: Path | None = None) -> Path:
     """The shipped models' evaluation results: ``<checkpoints>/results``."""
-    return checkpoints_dir() / "results"
+    return (checkpoints or checkpoints_dir()) / "results"
+
+
+def cv_results_dir(checkpoints: Path | None = None) -> Path:
+    """The shipped cross-validated (pooled out-of-fold) results: ``<checkpoints>/cv/results``."""
+    return (checkpoints or checkpoints_dir()) / "cv" / "results"
 
 
 def results_dir() -> Path:

@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from medrobust.metrics import (
     _BLOCK_CELLS,
-    _BOOTSTRAP_METRICS,
+    _check_bootstrap_options as _check_options,
     _check_inputs,
     _multiplicities,
     _percentile_interval,
@@ -51,28 +51,6 @@ DEFAULT_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "sensitivit
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_options(metrics: Sequence[str], n_boot: int, level: float) -> tuple[str, ...]:
-    if isinstance(metrics, str):
-        raise ValueError(f"metrics must be a sequence of names, e.g. ({metrics!r},)")
-    names = tuple(metrics)
-    if not names:
-        raise ValueError(
-            f"metrics is empty; name at least one of {', '.join(_BOOTSTRAP_METRICS)}"
-        )
-    unknown = [m for m in names if m not in _BOOTSTRAP_METRICS]
-    if unknown:
-        raise ValueError(
-            f"unknown metric(s) {unknown}; supported: {', '.join(_BOOTSTRAP_METRICS)}"
-        )
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not (
-        0.0 < level < 1.0
-    ):
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    return names
 
 
 def _factorize_groups(groups: ArrayLike | Sequence[Hashable], n: int) -> NDArray[np.intp]:

@@ -157,9 +157,9 @@ def discover_result_sets(*, checkpoints: str | Path | None = None, results: str 
     ck = Path(checkpoints) if checkpoints is not None else settings.checkpoints_dir()
     rs = Path(results) if results is not None else settings.results_dir()
     rn = Path(runs) if runs is not None else settings.runs_dir()
-    for label, kind, folder in ((f"cross-validated, pooled out-of-fold ({ck / 'cv' / 'results'})", "cv",
-                                 ck / "cv" / "results"),
-                                (f"shipped models, single split ({ck / 'results'})", "shipped", ck / "results"),
+    cv, shipped = settings.cv_results_dir(ck), settings.shipped_results_dir(ck)
+    for label, kind, folder in ((f"cross-validated, pooled out-of-fold ({cv})", "cv", cv),
+                                (f"shipped models, single split ({shipped})", "shipped", shipped),
                                 (f"evaluated results ({rs})", "results", rs)):
         if folder.is_dir():
             res, errs = read_result_folder(folder)

@@ -103,9 +103,8 @@ def pick_results(key: str) -> tuple[list[dict[str, Any]], list[resultsets.Result
 
 
 def no_results_message() -> None:
-    ck = settings.checkpoints_dir()
     st.info(
-        f"No evaluation results yet. The shipped results belong in `{ck / 'results'}/`; "
+        f"No evaluation results yet. The shipped results belong in `{settings.shipped_results_dir()}/`; "
         "`python -m medrobust evaluate` writes to `results/`, and a run trained on the Training page can be "
         "evaluated there. The **Stress test** page works without any results.",
         icon=":material/info:",

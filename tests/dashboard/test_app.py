@@ -122,6 +122,10 @@ def test_overview_leads_with_the_cross_validation_and_switches_suite_and_metric(
             _no_exception(at)
     at.radio(key="ov_suite").set_value("clinical").run()
     assert "Clinical suite" in _texts(at)
+    for page in ("views/calibration.py", "views/downloads.py"):  # the other result pages take the pooled set too
+        at.switch_page(page).run()
+        _no_exception(at)
+    at.switch_page("views/overview.py").run()
     # The single-split shipped set is still one choice away.
     at.selectbox(key="overview_set").set_value(at.selectbox(key="overview_set").options[1]).run()
     _no_exception(at)
