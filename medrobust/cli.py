@@ -261,7 +261,9 @@ def cmd_evaluate(args) -> int:
                 raise ValueError("a cross-validation is evaluated on each fold's test patients; --part val does not apply.")
             if dinfo.enabled:
                 raise ValueError("evaluate a cross-validation in one process (torchrun is for single models).")
+            out = args.out or settings.results_dir()
             result = evaluate_cv(target, roots=roots, config=config, device=dinfo.device,
+                                 cache_dir=out / f".{Path(target).name}.folds",
                                  log=lambda text: print(text, file=sys.stderr, flush=True))
         else:
             result = _evaluate_one(_checkpoint_file(target), args=args, config=config, dinfo=dinfo, roots=roots,

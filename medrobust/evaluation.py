@@ -542,6 +542,66 @@ def is_cv_dir(path: str | Path) -> bool:
     return path.is_dir() and (path / "fold0").is_dir() and not (path / "model.safetensors").exists()
 
 
+def _config_digest(config: EvalConfig) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(asdict(config), sort_keys=True, default=float).encode()).hexdigest()[:16]
+
+
+def evaluate_fold(
+    ckpt: str | Path,
+    fold: int,
+    *,
+    roots,
+    config: EvalConfig,
+    device: torch.device | str = "cpu",
+    cache_dir: str | Path | None = None,
+    data=None,
+    log: Callable[[str], None] = lambda text: None,
+) -> tuple[PerSample, dict[str, Any], dict[str, Any]]:
+    """One fold model on its own test patients: its per-sample logits, a summary, and its card.
+
+    With ``cache_dir`` the fold's logits and summary are kept as ``fold<i>.npz`` / ``fold<i>.json``,
+    keyed by the checkpoint's sha256 and the config, so an interrupted or incremental cross-validated
+    evaluation never repeats a finished fold.
+    """
+    from medrobust.checkpoints import load_checkpoint
+    from medrobust.data import DataError, check_no_overlap, load_dataset, split_from_info
+
+    model, card = load_checkpoint(ckpt, device=device)
+    split_info = card.get("split", {})
+    if int(split_info.get("folds", 0)) < 2 or int(split_info.get("fold", -1)) != fold:
+        raise DataError(f"{ckpt} is not fold {fold} of a cross-validation (its card says folds="
+                        f"{split_info.get('folds')}, fold={split_info.get('fold')}).")
+    key = {"sha256": card.get("sha256"), "config": _config_digest(config)}
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if cache is not None and (cache / f"fold{fold}.json").is_file() and (cache / f"fold{fold}.npz").is_file():
+        saved = json.loads((cache / f"fold{fold}.json").read_text())
+        if saved.get("key") == key:
+            log(f"fold {fold}: reusing its evaluation in {cache}")
+            return PerSample.load(cache / f"fold{fold}.npz"), saved["summary"], card
+    size = int(card.get("image_size") or card["config"]["image_size"])
+    if data is None or data.image_size != size:
+        data = load_dataset(roots, image_size=size)
+    split = split_from_info(data.records, split_info)
+    check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients["test"])
+    test = data.subset(split.images["test"])
+    log(f"fold {fold}: {len(test)} test images of {len(split.patients['test'])} patients ...")
+    t0 = time.time()
+    r = evaluate_model(model, test.images, test.labels, config=config, name=f"fold{fold}", card=card,
+                       keys=[x.key for x in test.records], groups=[x.patient for x in test.records], fold=fold,
+                       split_hash=split.hash)
+    summary = {"fold": fold, "n_test": r["n_test"], "n_labelled": len(data.records), "split_hash": split.hash,
+               "seconds": time.time() - t0, "train_seconds": card.get("train_seconds"),
+               "clean": {k: r["clean"][k] for k in PER_LEVEL_METRICS}, "degenerate": r["degenerate"],
+               "precision": r["precision"]}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        r["_per_sample"].save(cache / f"fold{fold}.npz")
+        atomic_write_text(cache / f"fold{fold}.json", json.dumps({"key": key, "summary": summary}, indent=1, default=float))
+    return r["_per_sample"], summary, card
+
+
 def evaluate_cv(
     cv_dir: str | Path,
     *,
@@ -549,50 +609,34 @@ def evaluate_cv(
     config: EvalConfig,
     device: torch.device | str = "cpu",
     name: str | None = None,
+    cache_dir: str | Path | None = None,
     log: Callable[[str], None] = lambda text: None,
 ) -> dict[str, Any]:
     """Evaluate every fold model on its own test patients and pool the out-of-fold predictions.
 
     Each fold's split is rebuilt from its card and checked for patient overlap with that fold's
-    training patients; the pooled set must test every labelled image exactly once.
+    training patients; the pooled set must test every labelled image exactly once. With
+    ``cache_dir``, finished folds are reused (:func:`evaluate_fold`).
 
     Returns
     -------
     dict
         The pooled result (:func:`summarise` of the concatenated per-sample logits) with ``cv``
-        (number of folds, per-fold spread, each fold's wall time) and ``fold_results`` (each fold's
-        own clean metrics).
+        (number of folds, per-fold spread, each fold's clean metrics and wall times).
     """
-    from medrobust.checkpoints import load_checkpoint
-    from medrobust.data import DataError, check_no_overlap, load_dataset, split_from_info
+    from medrobust.data import DataError
 
     cv_dir = Path(cv_dir)
-    parts, fold_summaries, cards, data = [], [], [], None
+    parts, fold_summaries, cards = [], [], []
     for i, ckpt in enumerate(fold_checkpoints(cv_dir)):
-        model, card = load_checkpoint(ckpt, device=device)
-        size = int(card.get("image_size") or card["config"]["image_size"])
-        if data is None or data.image_size != size:
-            data = load_dataset(roots, image_size=size)
-        split_info = card.get("split", {})
-        if int(split_info.get("folds", 0)) < 2 or int(split_info.get("fold", -1)) != i:
-            raise DataError(f"{ckpt} is not fold {i} of a cross-validation (its card says folds="
-                            f"{split_info.get('folds')}, fold={split_info.get('fold')}).")
-        split = split_from_info(data.records, split_info)
-        check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients["test"])
-        test = data.subset(split.images["test"])
-        log(f"fold {i}: {len(test)} test images of {len(split.patients['test'])} patients ...")
-        t0 = time.time()
-        r = evaluate_model(model, test.images, test.labels, config=config, name=f"{cv_dir.name}-fold{i}", card=card,
-                           keys=[x.key for x in test.records], groups=[x.patient for x in test.records], fold=i,
-                           split_hash=split.hash)
-        parts.append(r["_per_sample"])
-        fold_summaries.append({"fold": i, "n_test": r["n_test"], "split_hash": split.hash, "seconds": time.time() - t0,
-                               "train_seconds": card.get("train_seconds"),
-                               "clean": {k: r["clean"][k] for k in PER_LEVEL_METRICS}, "degenerate": r["degenerate"]})
+        ps, summary, card = evaluate_fold(ckpt, i, roots=roots, config=config, device=device, cache_dir=cache_dir,
+                                          log=log)
+        parts.append(ps)
+        fold_summaries.append(summary)
         cards.append(card)
     pooled = PerSample.concat(parts)
-    n_labelled = len(data.records) if data is not None else 0
-    if len(pooled.keys) != n_labelled:
+    n_labelled = fold_summaries[0].get("n_labelled")
+    if n_labelled is not None and len(pooled.keys) != n_labelled:
         raise DataError(f"The folds test {len(pooled.keys)} images but the data hold {n_labelled}: the data "
                         "differ from those the folds were trained on.")
     card = {**cards[0], "name": name or cv_dir.name, "sha256": None}

@@ -83,6 +83,18 @@ def test_pooled_results_test_every_image_once_with_fold_spread(cv):
     assert std["precision"]["counted_predictions"] == "fp32"
 
 
+def test_a_second_evaluation_reuses_the_finished_folds(cv, monkeypatch):
+    monkeypatch.setenv("MEDROBUST_CACHE", str(cv["base"] / "cache"))
+    monkeypatch.setenv("MEDROBUST_CPU_BF16", "0")
+    before = json.loads((cv["base"] / "results" / "cv-standard.json").read_text())
+    rc, out, err = run_main(["evaluate", str(cv["base"] / "cv-standard"), *cv["data_args"], "--out",
+                             str(cv["base"] / "results"), "--steps", "2", "--eps", "1,2", "--n-boot", "50"])
+    assert rc == 0, err
+    assert err.count("reusing its evaluation") == 3
+    after = json.loads((cv["base"] / "results" / "cv-standard.json").read_text())
+    assert after["rows"] == before["rows"] and after["clean"] == before["clean"]
+
+
 def test_every_reported_number_recomputes_from_the_files(cv):
     results = load_results([cv["base"] / "results"])
     for r in results:
