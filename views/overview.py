@@ -38,8 +38,9 @@ st.subheader("Table I — accuracy and balanced accuracy (%)")
 t1 = pd.DataFrame(report.drop_empty_paper_columns(report.table_one_rows(results)))
 st.dataframe(t1, hide_index=True)
 st.caption(
-    "Clean scores with bootstrap 95 % confidence intervals over test images. The PGD and noise cells are "
-    "accuracy / balanced accuracy averaged over eps 1–5 (L2, stated at 224 px and scaled to the model's size) "
+    "Clean scores with 95 % confidence intervals from a bootstrap that resamples patients (result files written "
+    "before medrobust 0.2 resampled images). The PGD and noise cells are accuracy / balanced accuracy "
+    "averaged over eps 1–5 (L2, stated at 224 px and scaled to the model's size) "
     "and over severities 0.1–1.0. Balanced accuracy 50 % is chance."
     + " The \"paper\" columns quote the paper's Table I (accuracy only; it reports no balanced accuracy); read "
     "them with the caveats below."
