@@ -10,7 +10,7 @@ time). Every answer is checked against the same computation done here (right cla
 P(COVID-19) within 0.1 point): none may be dropped or wrong. Prints p50/p95/max latency per prediction and
 the server's memory (resident after warm-up, after each half, and peak).
 
-The test suite runs a short form (tests/test_load.py); this script is the full one (default 20 x 10 = 200).
+The test suite runs a short form (tests/system/test_load.py); this script is the full one (default 20 x 10 = 200).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Dashboard test fixtures: a tiny, self-made checkpoint set so dashboard tests never depend on shipped files.
 
-Imported by tests/test_app.py and tests/test_browser.py (`from dashboard_fixtures import ...`)."""
+Imported by tests/dashboard/test_app.py and tests/system/test_browser.py (`from dashboard_fixtures import ...`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Uploads must stay in memory. Streamlit stores an uploaded file's bytes in memory
 server (Starlette) parses the multipart upload first, and spools any file part larger than 1 MB to
 a temporary file in ``/tmp`` while doing so. :func:`keep_uploads_in_memory` raises that threshold
 above ``server.maxUploadSize``, so no byte of an upload (a DICOM with its tags, say) ever reaches
-a disk. ``tests/test_privacy.py`` checks it against a real server.
+a disk. ``tests/system/test_privacy.py`` checks it against a real server.
 """
 
 from __future__ import annotations
