@@ -131,7 +131,7 @@ with c2:
         if mode == "transfer":
             src = st.selectbox("Crafted on", [m.name for m in ok_models], key="source_model")
     else:
-        st.caption("No perturbation: the cards show each model's answer on the image as uploaded.")
+        st.caption("No perturbation: the cards show each model's answer on the image as it is.")
 with c3:
     cam_layers = ["layer4", "layer3", "layer2"]
     cam_layer = st.selectbox("Grad-CAM layer", cam_layers, index=0 if min(sizes) >= 128 else 1, key="cam_layer",
