@@ -69,3 +69,18 @@ def test_shipped_cross_validation_tests_every_image_once_and_recomputes(path):
         assert np.isclose(m["auroc"], row["auroc"], atol=1e-12, equal_nan=True)
     clean = classification_metrics(labels=ps.labels, probs=ps.probs(0))
     assert clean["rmsce"] == pytest.approx(result["calibration"]["rmsce"], abs=1e-12)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_shipped_single_split_results_recompute_from_their_files(method):
+    from medrobust.evaluation import per_sample_of
+    from medrobust.metrics import classification_metrics
+
+    result = load_results([SHIPPED / "results" / f"{method}.json"])[0]
+    ps = per_sample_of(result)
+    assert ps is not None and result["precision"]["counted_predictions"] == "fp32"
+    m = classification_metrics(labels=ps.labels, probs=ps.probs(0))
+    for k in ("rmsce", "ece"):
+        assert m[k] == pytest.approx(result["calibration"][k], abs=1e-12)
+    for k in ("auroc", "balanced_accuracy"):
+        assert m[k] == pytest.approx(result["clean"][k], abs=1e-12)
