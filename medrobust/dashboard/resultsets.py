@@ -202,15 +202,12 @@ def combine(sets: Sequence[ResultSet]) -> list[dict[str, Any]]:
     return out
 
 
-def _public(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if not k.startswith("_")}
-
-
 def results_json(results: Sequence[dict[str, Any]]) -> str:
     """All results as one JSON document (every field, parameters included)."""
     from medrobust import __version__
+    from medrobust.evaluation import public  # imported here: the landing page must not load torch
 
-    return json.dumps({"medrobust_version": __version__, "results": [_public(r) for r in results]},
+    return json.dumps({"medrobust_version": __version__, "results": [public(r) for r in results]},
                       indent=1, default=float)
 
 
