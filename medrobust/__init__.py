@@ -19,21 +19,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 #: public name -> the module that defines it
 _API: dict[str, str] = {
     # science
-    "XrayResNet": "models", "build_model": "models",
+    "XrayNet": "models", "XrayResNet": "models", "build_model": "models",
     "pgd": "attacks", "pgd_multi_eps": "attacks", "scale_eps": "attacks",
     "apply_corruption": "corruptions", "clinical_corrupt": "clinical", "CLINICAL": "clinical",
     "augmix": "augmix", "jsd_loss": "augmix",
     "classification_metrics": "metrics", "bootstrap_ci": "metrics", "reliability_bins": "metrics",
     "cluster_bootstrap_ci": "stats", "paired_cluster_bootstrap": "stats",
-    "Method": "choices", "Norm": "choices", "Noise": "choices", "CLASS_NAMES": "choices",
+    "confusion_matrix": "metrics", "per_class_recall": "metrics",
+    "Method": "choices", "Norm": "choices", "Noise": "choices", "Arch": "choices", "CLASS_NAMES": "choices",
+    "run_audit": "audit", "masking_test": "audit", "source_label_table": "audit",
     # workflows
     "load_dataset": "data", "read_records": "data", "split_by_patient": "data",
-    "load_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
+    "load_checkpoint": "checkpoints", "save_checkpoint": "checkpoints", "import_model": "checkpoints",
+    "classes_of": "checkpoints",
     "TrainConfig": "training", "PRESETS": "training", "preset_config": "training", "train": "training",
     "EvalConfig": "evaluation", "evaluate_model": "evaluation", "evaluate_cv": "evaluation",
     "write_results": "evaluation", "load_results": "evaluation", "split_kfold": "data",

@@ -2,14 +2,22 @@
 
 A checkpoint ``NAME.safetensors`` has its card beside it as ``NAME.json``: method, full training
 config, epochs done, data split hash and training patients, validation metrics, torch version,
-and the sha256 of the weights file. Loading checks the hash before reading a single tensor, so a
-truncated or swapped file is refused with a clear message.
+the architecture (``arch``, ``num_classes``, ``in_channels``, ``mean``, ``std``), the class names
+(``classes``) and the sha256 of the weights file. Loading checks the hash before reading a single
+tensor, so a truncated or swapped file is refused with a clear message. Cards written before
+architectures were recorded describe the paper's model (resnet18, 1 channel, the two
+:data:`~medrobust.choices.CLASS_NAMES`).
+
+:func:`import_model` turns a safetensors state dict of a torchvision network that medrobust did
+not train into such a checkpoint (method ``imported``), so evaluation and the dashboard can use it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +25,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
+from medrobust.choices import CLASS_NAMES, Arch, parse_choice
 from medrobust.fileio import atomic_write_bytes, atomic_write_text
-from medrobust.models import XrayResNet, build_model
+from medrobust.models import (
+    DEFAULT_ARCH,
+    XrayNet,
+    build_from_spec,
+    first_conv_name,
+    fix_legacy_keys,
+    head_name,
+    model_spec,
+)
 
 CARD_VERSION = 1
 
@@ -46,8 +63,56 @@ def model_tensors(model: torch.nn.Module, *, dtype: torch.dtype = torch.float32)
     return out
 
 
+#: The keys of a card that describe the architecture (see :func:`medrobust.models.model_spec`).
+SPEC_KEYS = ("arch", "num_classes", "in_channels", "mean", "std")
+#: Suffixes of pickled PyTorch files, refused by :func:`import_model` before anything is read.
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
+_CONVERT_HINT = ("convert it once, on a machine where you trust the file: python -c \"import torch; "
+                 "from safetensors.torch import save_file; save_file(torch.load('model.pth', weights_only=True), "
+                 "'model.safetensors')\" (a checkpoint dict may need ['state_dict'] after torch.load(...)), "
+                 "then import model.safetensors.")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def classes_of(card: dict[str, Any]) -> tuple[str, ...]:
+    """The class names of a checkpoint, index = label.
+
+    ``card["classes"]`` when present; else the paper's :data:`~medrobust.choices.CLASS_NAMES` for a
+    2-class model (every card written before classes were recorded), else "0", "1", ...
+    """
+    names = card.get("classes")
+    if names:
+        return tuple(str(c) for c in names)
+    k = card.get("num_classes", len(CLASS_NAMES))
+    return tuple(CLASS_NAMES) if k == len(CLASS_NAMES) else tuple(str(i) for i in range(int(k)))
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    c = spec.get("in_channels", 1)
+    return (f"medrobust {spec.get('arch') or DEFAULT_ARCH} ({spec.get('num_classes', len(CLASS_NAMES))} classes, "
+            f"{c} channel{'s' if c != 1 else ''})")
+
+
+def _serialise(tensors: dict[str, torch.Tensor]) -> bytes:
+    return save_tensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata={"format": "medrobust"})
+
+
+def _write(path: Path, data: bytes, card: dict[str, Any], *, weights_dtype: str) -> dict[str, Any]:
+    """Write the card (first), then the weights, each atomically; returns the card as written."""
+    card = dict(card)
+    card.update(card_version=CARD_VERSION, weights_file=path.name, weights_dtype=weights_dtype,
+                sha256=hashlib.sha256(data).hexdigest(), torch_version=torch.__version__)
+    atomic_write_text(card_path(path), json.dumps(card, indent=1, default=str))
+    atomic_write_bytes(path, data)
+    return card
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, card: dict[str, Any], *, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Write ``path`` (safetensors) and its card; returns the card with ``sha256`` filled in.
+
+    For an :class:`~medrobust.models.XrayNet` the card also records :func:`~medrobust.models.model_spec`
+    (``arch``, ``num_classes``, ``in_channels``, ``mean``, ``std``) unless the given card has them;
+    ``classes`` is recorded when the caller puts it in ``card`` (it must name ``num_classes`` classes).
 
     The card is written first (it knows the sha256 of the serialised weights), then the weights, each
     atomically: a process killed in between leaves at worst a card without new weights, never weights
@@ -57,15 +122,16 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, card: dict[str, An
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"Checkpoint files end in .safetensors, got {path.name}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model_tensors(model, dtype=dtype).items()}
-    data = save_tensors(tensors, metadata={"format": "medrobust"})
     card = dict(card)
-    card.update(card_version=CARD_VERSION, weights_file=path.name, weights_dtype=str(dtype).replace("torch.", ""),
-                sha256=hashlib.sha256(data).hexdigest(), torch_version=torch.__version__)
-    atomic_write_text(card_path(path), json.dumps(card, indent=1, default=str))
-    atomic_write_bytes(path, data)
-    return card
+    if isinstance(model, XrayNet):
+        for k, v in model_spec(model).items():
+            card.setdefault(k, v)
+        if card.get("classes") is not None and len(card["classes"]) != model.num_classes:
+            raise CheckpointError(f"{path.name}: the card names {len(card['classes'])} classes "
+                                  f"({', '.join(map(str, card['classes']))}) but the model has {model.num_classes} outputs.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _serialise(model_tensors(model, dtype=dtype))
+    return _write(path, data, card, weights_dtype=str(dtype).replace("torch.", ""))
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
@@ -79,14 +145,25 @@ def read_card(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"The card {cp} is not valid JSON ({exc}).") from None
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> tuple[XrayResNet, dict[str, Any]]:
-    """Load a checkpoint into a model in eval mode (fp16 files are upcast to fp32).
+def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+    except Exception as exc:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({type(exc).__name__}).") from None
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", verify: bool = True) -> tuple[XrayNet, dict[str, Any]]:
+    """Load a checkpoint into a model of the architecture its card records, in eval mode.
+
+    fp16 (or bf16) files are upcast to fp32. A card without architecture keys describes the
+    paper's model: resnet18, 2 classes, 1 channel, grey statistics.
 
     Raises
     ------
     CheckpointError
-        If the weights or card are missing, the sha256 differs from the card's, or the tensors do
-        not fit the model.
+        If the weights or card are missing, the sha256 differs from the card's, the card describes
+        no valid architecture, or the tensors do not fit it.
     """
     path = Path(path)
     if path.suffix == ".json":
@@ -101,20 +178,226 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", ver
                 f"{path.name}: sha256 {digest[:12]}… does not match its card ({str(card.get('sha256'))[:12]}…); "
                 "the file is truncated, corrupted or not the one the card describes."
             )
-    model = build_model()
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"{path.name} is not a readable safetensors file ({type(exc).__name__}).") from None
+        model = build_from_spec(card)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path.name}: its card describes no medrobust model ({exc})") from None
+    if card.get("classes") is not None and len(card["classes"]) != model.num_classes:
+        raise CheckpointError(f"{path.name}: its card names {len(card['classes'])} classes for "
+                              f"{model.num_classes} outputs.")
+    state, _ = _read_tensors(path)
     ref = model.state_dict()
     try:
-        state = {k: (v.to(ref[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
+        state = {k: (v.to(ref[k].dtype) if v.is_floating_point() and k in ref else v) for k, v in state.items()}
         model.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path.name} does not fit the medrobust ResNet-18: {str(exc)[:300]}") from None
+        raise CheckpointError(f"{path.name} does not fit the {_describe(card)}: {str(exc)[:300]}") from None
     model.eval()
     return model.to(device), card
+
+
+# ----------------------------------------------------------------------------- import
+
+def _refuse_pickle(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path.name} {why}; medrobust never unpickles (a pickle can run code): {_CONVERT_HINT}")
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian header length that fits the file, followed by a JSON object."""
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+def _check_weights_file(path: Path) -> None:
+    """Refuse a missing, pickled or non-safetensors file, reading only its first bytes (no unpickling)."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise _refuse_pickle(path, f"is a pickled PyTorch file ({path.suffix})")
+    if not path.is_file():
+        raise CheckpointError(f"Weights file {path} does not exist.")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    size = path.stat().st_size
+    if _looks_like_safetensors(head, size):
+        return
+    if head.startswith(b"PK\x03\x04"):
+        raise _refuse_pickle(path, "is a torch.save zip archive (pickled), whatever its name")
+    if head[:1] == b"\x80":
+        raise _refuse_pickle(path, "is a pickle, whatever its name")
+    raise CheckpointError(f"{path.name} is not a safetensors file (its first bytes are no safetensors header).")
+
+
+def _floats(name: str, value: Sequence[float] | float | None, in_channels: int) -> list[float] | None:
+    if value is None:
+        return None
+    vals = [value] if isinstance(value, (int, float)) else list(value)
+    try:
+        vals = [float(v) for v in vals]
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{name} must be numbers, got {value!r}.") from None
+    if len(vals) != in_channels:
+        raise CheckpointError(f"{name} needs {in_channels} value(s) for in_channels={in_channels}, got {len(vals)}: {vals}.")
+    if name == "std" and min(vals) <= 0:
+        raise CheckpointError(f"std must be positive, got {vals}.")
+    return vals
+
+
+def _first(keys: Sequence[str], n: int = 4) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def import_model(weights: str | Path, *, arch: str | Arch, classes: Sequence[str], image_size: int,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, in_channels: int = 1,
+                 out_dir: str | Path, name: str | None = None, extra: dict[str, Any] | None = None,
+                 ) -> tuple[Path, dict[str, Any]]:
+    """Make a network medrobust did not train into a medrobust checkpoint (method ``imported``).
+
+    Parameters
+    ----------
+    weights
+        A safetensors file holding either a plain torchvision state dict of ``arch`` (keys such as
+        ``conv1.weight`` or ``features.conv0.weight``, ``fc.weight`` / ``classifier.weight``) or a
+        medrobust state dict (``net.*``, optionally ``mean`` and ``std``). Its first convolution
+        must take ``in_channels`` channels and its head give ``len(classes)`` outputs. Pickled files
+        (.pt, .pth, .ckpt, .bin, .pkl, or a torch.save archive under any name) are refused before
+        anything is unpickled, with the one-line command that converts them.
+    arch
+        The torchvision architecture (:class:`medrobust.choices.Arch`).
+    classes
+        Class names in output order (at least two, distinct).
+    image_size
+        The side (px, >= 32) the model expects; evaluation resizes test images to it.
+    mean, std
+        Per-channel normalisation of the model's input (``in_channels`` values each, std > 0);
+        default: the file's ``mean``/``std`` for a medrobust file, else grey 0.449/0.226 for 1
+        channel, ImageNet's RGB statistics for 3.
+    in_channels
+        1 (grey input) or 3 (the grey image is repeated to RGB, then normalised).
+    out_dir
+        Folder to write ``NAME.safetensors`` and ``NAME.json`` into.
+    name
+        Checkpoint name (default: the input file's stem); an existing checkpoint of that name with
+        other weights is never overwritten.
+    extra
+        More card entries (e.g. a source URL or licence); they cannot replace the entries below.
+
+    Returns
+    -------
+    (path, card)
+        The written weights file (medrobust layout, the source's tensor dtypes kept) and its card:
+        name, method "imported", arch, classes, num_classes, in_channels, mean, std, image_size,
+        imported_from (file name), imported_sha256 (of the original file), sha256, ... and no data
+        split (so no patients are recorded as trained on).
+
+    Raises
+    ------
+    CheckpointError
+        A missing, pickled or unreadable file; invalid arguments; tensors that do not fit the
+        architecture (the message names the first missing/unexpected keys or the shape that
+        differs); or an existing, different checkpoint of the same name.
+    """
+    src = Path(weights)
+    _check_weights_file(src)
+    try:
+        arch = parse_choice(Arch, arch).value
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    classes = [str(c) for c in classes] if not isinstance(classes, str) else [classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes) or not all(c.strip() for c in classes):
+        raise CheckpointError(f"classes must be at least two distinct, non-empty names, got {classes}.")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
+        raise CheckpointError(f"image_size must be an integer of at least 32 (px), got {image_size!r}.")
+    if in_channels not in (1, 3) or isinstance(in_channels, bool):
+        raise CheckpointError(f"in_channels must be 1 (grey) or 3 (grey repeated to RGB), got {in_channels!r}.")
+    mean_v, std_v = _floats("mean", mean, in_channels), _floats("std", std, in_channels)
+    name = src.stem if name is None else str(name)
+    if not _NAME.match(name):
+        raise CheckpointError(f"Checkpoint name {name!r} must be letters, digits, '.', '_', '+' or '-' "
+                              "(no path separators), starting with a letter or digit.")
+    reserved = {"name", "method", "classes", "image_size", "imported_from", "imported_sha256", "split",
+                *SPEC_KEYS, "card_version", "weights_file", "weights_dtype", "sha256", "torch_version"}
+    clash = sorted(set(extra or {}) & reserved)
+    if clash:
+        raise CheckpointError(f"extra cannot set {', '.join(clash)}: import_model writes those itself.")
+
+    tensors, _ = _read_tensors(src)
+    medrobust_layout = any(k.startswith("net.") for k in tensors)
+    if medrobust_layout:
+        net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        stray = sorted(k for k in tensors if not k.startswith("net.") and k not in ("mean", "std"))
+        if stray:
+            raise CheckpointError(f"{src.name} mixes medrobust keys (net.*) with others ({_first(stray)}).")
+        for key, given in (("mean", mean_v), ("std", std_v)):
+            if key in tensors:
+                found = [float(v) for v in tensors[key].float().flatten()]
+                if len(found) != in_channels:
+                    raise CheckpointError(f"{src.name} normalises {len(found)} channel(s) ({key} {found}) "
+                                          f"but in_channels={in_channels} was given.")
+                if given is not None and not torch.allclose(torch.tensor(found), torch.tensor(given), rtol=1e-3, atol=1e-4):
+                    raise CheckpointError(f"{src.name} normalises with {key} {found} but {key} {given} was given; "
+                                          "leave it out to keep the file's.")
+                if given is None and key == "mean":
+                    mean_v = found
+                elif given is None:
+                    std_v = found
+    else:
+        net_state = fix_legacy_keys(arch, dict(tensors))
+    if not net_state:
+        raise CheckpointError(f"{src.name} holds no tensors.")
+
+    # Shape checks with plain-language messages before the strict load.
+    conv_key, head_key = first_conv_name(arch) + ".weight", head_name(arch) + ".weight"
+    if conv_key in net_state and net_state[conv_key].ndim == 4 and net_state[conv_key].shape[1] != in_channels:
+        c = net_state[conv_key].shape[1]
+        raise CheckpointError(f"{src.name}: the file's first convolution ({conv_key}) takes {c} input channel(s) "
+                              f"but in_channels={in_channels} was given.")
+    if head_key in net_state and net_state[head_key].ndim == 2 and net_state[head_key].shape[0] != len(classes):
+        k = net_state[head_key].shape[0]
+        raise CheckpointError(f"{src.name}: the file's classifier ({head_key}) has {k} outputs "
+                              f"but {len(classes)} classes were given ({', '.join(classes)}).")
+    try:
+        model = XrayNet(arch=arch, num_classes=len(classes), in_channels=in_channels, mean=mean_v, std=std_v)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    ref = model.net.state_dict()
+    missing, unexpected = sorted(set(ref) - set(net_state)), sorted(set(net_state) - set(ref))
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing ({_first(missing)})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected ({_first(unexpected)})"] if unexpected else []
+        raise CheckpointError(f"{src.name} is not a torchvision {arch} state dict: {' and '.join(parts)} key(s).")
+    wrong = [k for k in ref if tuple(net_state[k].shape) != tuple(ref[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{src.name} does not fit a {arch} with {len(classes)} classes and {in_channels} channel(s): "
+                              f"{k} has shape {tuple(net_state[k].shape)}, expected {tuple(ref[k].shape)}"
+                              f"{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}.")
+    try:
+        model.net.load_state_dict({k: (v.to(ref[k].dtype) if v.is_floating_point() else v) for k, v in net_state.items()},
+                                  strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{src.name} does not fit the {_describe(model_spec(model))}: {str(exc)[:300]}") from None
+
+    out = {f"net.{k}": v for k, v in net_state.items()}
+    for key in ("mean", "std"):  # a medrobust file's own buffers keep their dtype; given or default ones are fp32
+        buf = getattr(model, key)
+        out[key] = tensors[key].reshape(buf.shape) if medrobust_layout and key in tensors else buf
+    float_dtypes = sorted({str(v.dtype).replace("torch.", "") for v in net_state.values() if v.is_floating_point()})
+    data = _serialise(out)
+
+    out_dir = Path(out_dir)
+    path = out_dir / f"{name}.safetensors"
+    if path.exists() and (not path.is_file() or sha256_file(path) != hashlib.sha256(data).hexdigest()):
+        raise CheckpointError(f"{path} exists and holds other weights; choose another name or remove it first.")
+    card: dict[str, Any] = {
+        **(extra or {}),
+        "name": name, "method": "imported", "classes": classes, **model_spec(model),
+        "image_size": image_size, "imported_from": src.name, "imported_sha256": sha256_file(src),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = _write(path, data, card, weights_dtype=float_dtypes[0] if len(float_dtypes) == 1 else "mixed")
+    return path, card
 
 
 def export_fp16(src: str | Path, dst: str | Path, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:

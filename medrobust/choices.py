@@ -42,6 +42,18 @@ class Noise(str, Enum):
     SPECKLE = "speckle"
 
 
+class Arch(str, Enum):
+    """The torchvision networks medrobust can build, train, load and explain (value = torchvision's name)."""
+
+    RESNET18 = "resnet18"
+    RESNET34 = "resnet34"
+    RESNET50 = "resnet50"
+    DENSENET121 = "densenet121"
+    EFFICIENTNET_B0 = "efficientnet_b0"
+    MOBILENET_V3_LARGE = "mobilenet_v3_large"
+    CONVNEXT_TINY = "convnext_tiny"
+
+
 #: The method names in the paper's order; every table and plot lists methods in this order.
 METHOD_NAMES: tuple[str, ...] = tuple(m.value for m in Method)
 #: Class names of the binary COVID task, index = label.
@@ -49,7 +61,7 @@ CLASS_NAMES: tuple[str, str] = ("non-COVID", "COVID-19")
 
 E = TypeVar("E", bound=Enum)
 
-_WHAT = {Method: "method", Norm: "norm", Noise: "noise"}
+_WHAT = {Method: "method", Norm: "norm", Noise: "noise", Arch: "architecture"}
 
 
 def parse_choice(kind: type[E], value: str | E, *, what: str | None = None) -> E:

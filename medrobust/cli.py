@@ -1,4 +1,4 @@
-"""Command line: ``python -m medrobust train|evaluate|report|export``.
+"""Command line: ``python -m medrobust train|cv|evaluate|audit|report|export|import-model``.
 
 Bad arguments end in one line on stderr and exit status 2, never a traceback.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from medrobust import settings
+from medrobust.choices import Arch
 from medrobust.methods import METHODS
 
 EXIT_USAGE = 2
@@ -43,9 +44,24 @@ def _eps_list(text: str) -> tuple[float, ...]:
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", action="append", metavar="DIR",
-                   help="data folder in the upstream layout (metadata.csv + images/); repeat for several. "
-                        "Default: $MEDROBUST_DATA (os.pathsep-separated), else ./data")
+    p.add_argument("--data", action="append", metavar="PATH",
+                   help="a COVID collection in the upstream layout (metadata.csv + images/), a CSV manifest (path, "
+                        "label[, patient, source, split]), an ImageFolder tree (one sub-folder per class) or a "
+                        "MedMNIST .npz; repeat for several. Default: $MEDROBUST_DATA (os.pathsep-separated), else ./data")
+
+
+def _class_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected at least two distinct comma-separated class names, got {text!r}")
+    return names
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -55,6 +71,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", choices=list(PRESETS),
                    help="paper: 224 px, 41 epochs; cpu: 128 px, 41 epochs (default); smoke: 64 px, 1 epoch, 3 batches")
     _add_data(p)
+    p.add_argument("--arch", choices=[a.value for a in Arch], help="torchvision network (default resnet18, the paper's)")
+    p.add_argument("--classes", type=_class_list,
+                   help="comma-separated class names in label order (default: from the data; rows of other "
+                        "classes are dropped)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<method>-<preset>-s<seed>)")
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--image-size", type=_positive_int)
@@ -84,10 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python -m medrobust train --method robust --preset smoke --data DIR && "
                "python -m medrobust evaluate && python -m medrobust report",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,cv,evaluate,report,export}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,cv,evaluate,audit,report,export,import-model}")
 
     t = sub.add_parser("train", help="train one model (resumes an interrupted run in the same --out)",
-                       description="Train a ResNet-18 with one of the four methods. Writes config.json, split.json, "
+                       description="Train a network (default ResNet-18) with one of the four methods. Writes config.json, split.json, "
                                    "progress.jsonl, state.safetensors (every epoch) and model.safetensors + model.json.")
     _add_train_options(t)
 
@@ -119,7 +140,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="corruption suites: paper (the paper's noise levels), clinical (graded, from MedMNIST-C); "
                         "default both")
     e.add_argument("--part", choices=["test", "val"], default="test", help="which split part to evaluate on")
+    e.add_argument("--test-manifest", type=Path, metavar="DATA",
+                   help="evaluate on every image of DATA (a CSV manifest, ImageFolder tree or .npz) as the test set: "
+                        "for models whose card has no training patients (imported models); you vouch that the "
+                        "model never saw these patients")
+    e.add_argument("--split", type=Path, metavar="SPLIT_JSON",
+                   help="a split file (split.json of a run) whose --part to evaluate on, instead of the card's split")
+    e.add_argument("--audit", action="store_true",
+                   help="add the shortcut audit: source x label table, lungs-blanked / border-blanked accuracy, "
+                        "Grad-CAM mass inside the central lung field")
     e.add_argument("--device", default="auto")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a tqdm bar while decoding")
+
+    a = sub.add_parser("audit", help="shortcut audit of models on their test patients (no attacks)",
+                       description="Source x label table and Cramér's V, balanced accuracy and AUROC with the central "
+                                   "lung field blanked and with the border blanked, and Grad-CAM mass inside the "
+                                   "central field. Writes OUT/NAME.audit.json and adds the audit to OUT/NAME.json "
+                                   "when that is the same model's evaluation result.")
+    a.add_argument("checkpoints", nargs="+", type=Path, help="model .safetensors files or run folders")
+    _add_data(a)
+    a.add_argument("--out", type=Path, help="results folder (default $MEDROBUST_RESULTS, else results/)")
+    a.add_argument("--part", choices=["test", "val"], default="test")
+    a.add_argument("--test-manifest", type=Path, metavar="DATA", help="as for evaluate")
+    a.add_argument("--split", type=Path, metavar="SPLIT_JSON", help="as for evaluate")
+    a.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples for 95 %% CIs")
+    a.add_argument("--cam-images", type=_positive_int, default=64, help="images whose Grad-CAM mass is measured")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a tqdm bar while decoding")
 
     r = sub.add_parser("report", help="print Table I and Table II for evaluated models",
                        description="Print the paper's tables (Markdown) from evaluation JSON files or folders.")
@@ -131,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "kept, named after DEST's stem, with a new sha256.")
     x.add_argument("checkpoint", type=Path)
     x.add_argument("dest", type=Path)
+
+    i = sub.add_parser("import-model", help="make a model medrobust did not train evaluable (writes a medrobust card)",
+                       description="Read a safetensors state dict of a torchvision network (plain torchvision keys "
+                                   "or medrobust's), check that it loads, and write it with a medrobust card "
+                                   "(sha256, architecture, classes, preprocessing) into --out, so evaluate, report "
+                                   "and the dashboard treat it like a shipped model. Pickled files (.pt/.pth) are "
+                                   "refused: convert them to safetensors first.")
+    i.add_argument("weights", type=Path, help="WEIGHTS.safetensors")
+    i.add_argument("--arch", required=True, choices=[a.value for a in Arch])
+    i.add_argument("--classes", required=True, type=_class_list, help="comma-separated class names in output order")
+    i.add_argument("--image-size", required=True, type=_positive_int, help="the side the model expects (e.g. 224)")
+    i.add_argument("--in-channels", type=int, choices=[1, 3], default=1,
+                   help="1 (grey) or 3 (the grey image is repeated to RGB)")
+    i.add_argument("--mean", type=_floats, help="per-channel mean the model normalises with (default: grey 0.449, "
+                                                "or ImageNet's RGB means for 3 channels)")
+    i.add_argument("--std", type=_floats, help="per-channel std (default: grey 0.226, or ImageNet's RGB stds)")
+    i.add_argument("--name", help="model name (default: the file's stem)")
+    i.add_argument("--out", type=Path, help="folder to write into (default $MEDROBUST_CHECKPOINTS, else checkpoints/)")
     return parser
 
 
@@ -152,7 +217,7 @@ def _train_config(args, **extra):
                      lr=args.lr, weight_decay=args.weight_decay, eps=args.eps, norm=args.norm, pgd_steps=args.pgd_steps,
                      eps_ramp_epochs=args.eps_ramp_epochs, class_balance=args.class_balance, init=args.init,
                      select=args.select, seed=args.seed, max_batches=args.max_batches, device=args.device,
-                     folds=args.folds, fold=args.fold)
+                     folds=args.folds, fold=args.fold, arch=args.arch, classes=args.classes)
     if args.augmix_ops:
         overrides["augmix_ops"] = tuple(o.strip() for o in args.augmix_ops.split(",") if o.strip())
     overrides.update(extra)
@@ -210,38 +275,91 @@ def cmd_cv(args) -> int:
     return 0
 
 
+def _test_part(ckpt: Path, card: dict, *, args, size: int, roots, datasets: dict, verbose: bool):
+    """The images ``ckpt`` is evaluated on, with the split hash and fold they come from.
+
+    The test patients must be provably unseen: the card's split (rebuilt from the data, overlap checked),
+    a split file (overlap checked against the card's training patients), or, for a model whose card has
+    no training patients (an imported model), a test manifest the user vouches for.
+    """
+    from medrobust.data import DataError, Split, check_no_overlap, load_dataset, split_from_info
+
+    split_info = card.get("split") or {}
+    seen = split_info.get("train_patients", []) + split_info.get("val_patients", [])
+    if args.test_manifest is not None:
+        key = ("manifest", str(args.test_manifest), size)
+        if key not in datasets:
+            datasets[key] = load_dataset([args.test_manifest], image_size=size, progress=verbose and args.progress)
+        data = datasets[key]
+        for warning in data.report.warnings if verbose else ():
+            print(f"medrobust: warning: {warning}", file=sys.stderr)
+        check_no_overlap(train_patients=seen, eval_patients={r.patient for r in data.records})
+        if verbose and not seen:
+            print(f"note: {ckpt.name}'s card lists no training patients; the test set {args.test_manifest} is taken "
+                  "on trust as images the model never saw.", file=sys.stderr)
+        return data, data, None, -1
+    if not split_info.get("train_patients") and args.split is None:
+        raise DataError(f"{ckpt.name}'s card lists no training patients, so medrobust cannot check that the test "
+                        "patients are unseen; pass --test-manifest DATA (images the model never saw) or --split "
+                        "SPLIT_JSON.")
+    # The classes (and their order) the model trained with, so the rebuilt split is the training run's.
+    classes = (card.get("config") or {}).get("classes")
+    key = (size, tuple(classes) if classes else None)
+    if key not in datasets:
+        datasets[key] = load_dataset(roots, image_size=size, progress=verbose and args.progress, classes=classes)
+    data = datasets[key]
+    if args.split is not None:
+        split = Split.load(args.split)
+        missing = set(split.images[args.part]) - {r.key for r in data.records}
+        if missing:
+            raise DataError(f"{args.split} names {len(missing)} {args.part} image(s) that are not in the data given.")
+    else:
+        split = split_from_info(data.records, split_info)
+        if split_info.get("hash") and split.hash != split_info["hash"] and verbose:
+            print(f"note: the data differ from {ckpt.name}'s training data (split hash {split.hash} vs "
+                  f"{split_info['hash']}); checking patient overlap.", file=sys.stderr)
+    check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients[args.part])
+    fold = int(split_info.get("fold", -1)) if split_info.get("folds") and args.split is None else -1
+    return data, data.subset(split.images[args.part]), split.hash, fold
+
+
+def _audit(model, part, labels, classes, *, seed: int, n_boot: int, cam_images: int = 64) -> dict:
+    from medrobust.audit import run_audit
+
+    return run_audit(model=model.eval(), images=part.float_images(), labels=labels, classes=list(classes),
+                     groups=[r.patient for r in part.records], sources=[r.source for r in part.records],
+                     seed=seed, n_boot=n_boot, cam_images=cam_images)
+
+
 def _evaluate_one(ckpt: Path, *, args, config, dinfo, roots, datasets: dict) -> dict | None:
-    from medrobust.checkpoints import CheckpointError, load_checkpoint
-    from medrobust.data import DataError, check_no_overlap, load_dataset, split_from_info
-    from medrobust.evaluation import evaluate_model
+    from medrobust.checkpoints import CheckpointError, classes_of, load_checkpoint
+    from medrobust.data import DataError
+    from medrobust.evaluation import evaluate_model, map_labels
 
     model, card = load_checkpoint(ckpt, device=dinfo.device)
     try:
         size = int(card.get("image_size") or card["config"]["image_size"])
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{ckpt.name}: its card records no image size (image_size); "
-                              "evaluate models written by `medrobust train` or `export`.") from None
-    if size not in datasets:
-        datasets[size] = load_dataset(roots, image_size=size, progress=dinfo.is_main)
-    data = datasets[size]
-    split_info = card.get("split", {})
-    split = split_from_info(data.records, split_info)
-    if split_info.get("hash") and split.hash != split_info["hash"]:
-        print(f"note: the data differ from {ckpt.name}'s training data (split hash {split.hash} vs "
-              f"{split_info['hash']}); checking patient overlap.", file=sys.stderr)
-    check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients[args.part])
-    part = data.subset(split.images[args.part])
+                              "evaluate models written by `medrobust train`, `export` or `import-model`.") from None
+    data, part, split_hash, fold = _test_part(ckpt, card, args=args, size=size, roots=roots, datasets=datasets,
+                                              verbose=dinfo.is_main)
     if len(part) == 0:
         raise DataError(f"The {args.part} split is empty.")
+    classes = classes_of(card)
+    labels = map_labels(part.labels, data_classes=data.classes, model_classes=classes)
     name = card.get("name") or ckpt.stem
     if dinfo.is_main:
-        print(f"evaluating {name} ({card.get('method')}) on {len(part)} {args.part} images at {size} px ...", file=sys.stderr)
-    result = evaluate_model(model, part.images, part.labels, config=config, name=name, card=card,
+        print(f"evaluating {name} ({card.get('arch', 'resnet18')}, {card.get('method')}) on {len(part)} "
+              f"{'test-manifest' if args.test_manifest else args.part} images at {size} px ...", file=sys.stderr)
+    result = evaluate_model(model, part.images, labels, config=config, name=name, card=card,
                             keys=[r.key for r in part.records], groups=[r.patient for r in part.records],
-                            fold=int(split_info.get("fold", -1)) if split_info.get("folds") else -1,
-                            split_hash=split.hash)
-    result["part"] = args.part
+                            fold=fold, split_hash=split_hash, classes=classes)
+    result["part"] = "test-manifest" if args.test_manifest else args.part
     result["world_size"] = dinfo.world
+    if args.audit and dinfo.is_main:
+        print(f"auditing {name} for shortcuts ...", file=sys.stderr)
+        result["audit"] = _audit(model, part, labels, classes, seed=config.seed, n_boot=config.n_boot)
     return result if dinfo.is_main else None  # every rank computed the same merged result; rank 0 writes it
 
 
@@ -257,6 +375,9 @@ def cmd_evaluate(args) -> int:
     datasets: dict[int, object] = {}
     for target in args.checkpoints or [_newest_run()]:
         if is_cv_dir(target):
+            if args.audit or args.test_manifest or args.split:
+                raise ValueError("--audit, --test-manifest and --split apply to single models; give a fold's "
+                                 "model.safetensors to audit it.")
             if args.part != "test":
                 raise ValueError("a cross-validation is evaluated on each fold's test patients; --part val does not apply.")
             if dinfo.enabled:
@@ -277,6 +398,45 @@ def cmd_evaluate(args) -> int:
               f"(balanced {result['clean']['balanced_accuracy']:.3f}, AUROC {result['clean']['auroc']:.3f}), "
               f"PGD mean {result['summary']['pgd_' + config.norm]['accuracy']:.3f}, {result['timing']['total_s']:.0f} s "
               f"-> {paths[0]}{flag}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    import json
+
+    from medrobust.checkpoints import classes_of, load_checkpoint
+    from medrobust.evaluation import load_results, map_labels
+    from medrobust.fileio import atomic_write_text
+    from medrobust.settings import data_roots
+
+    roots, datasets = data_roots(args.data), {}
+    out = args.out or settings.results_dir()
+    for target in args.checkpoints:
+        ckpt = _checkpoint_file(target)
+        model, card = load_checkpoint(ckpt)
+        size = int(card.get("image_size") or (card.get("config") or {}).get("image_size") or 0)
+        if size < 1:
+            raise ValueError(f"{ckpt.name}: its card records no image size.")
+        data, part, split_hash, _ = _test_part(ckpt, card, args=args, size=size, roots=roots, datasets=datasets,
+                                               verbose=True)
+        classes = classes_of(card)
+        labels = map_labels(part.labels, data_classes=data.classes, model_classes=classes)
+        name = card.get("name") or ckpt.stem
+        print(f"auditing {name} on {len(part)} images ...", file=sys.stderr)
+        audit = {**_audit(model, part, labels, classes, seed=args.seed, n_boot=args.n_boot, cam_images=args.cam_images),
+                 "model": name, "model_sha256": card.get("sha256"), "split_hash": split_hash,
+                 "part": "test-manifest" if args.test_manifest else args.part}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / f"{name}.audit.json", json.dumps(audit, indent=1))
+        attached = ""
+        if (out / f"{name}.json").is_file():
+            (result,) = load_results([out / f"{name}.json"]) or (None,)
+            if result is not None and result.get("model_sha256") == card.get("sha256"):
+                result.pop("_path", None)
+                result["audit"] = audit
+                atomic_write_text(out / f"{name}.json", json.dumps(result, indent=1, default=float))
+                attached = f" and into {out / f'{name}.json'}"
+        print(f"{name}: " + " ".join(audit["verdicts"]) + f" -> {out / f'{name}.audit.json'}{attached}")
     return 0
 
 
@@ -303,6 +463,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import_model(args) -> int:
+    from medrobust.checkpoints import import_model
+
+    out = args.out or settings.checkpoints_dir()
+    path, card = import_model(args.weights, arch=args.arch, classes=list(args.classes), image_size=args.image_size,
+                              mean=args.mean, std=args.std, in_channels=args.in_channels, out_dir=out, name=args.name)
+    print(f"wrote {path} ({card['arch']}, {len(card['classes'])} classes: {', '.join(card['classes'])}; "
+          f"{card['image_size']} px, {card['in_channels']} channel(s); sha256 {card['sha256'][:12]}…). "
+          f"Evaluate it with: python -m medrobust evaluate {path} --test-manifest DATA")
+    return 0
+
+
 _OS_ERROR_HINTS = {
     errno.ENOSPC: "the disk is full",
     errno.EDQUOT: "the disk quota is used up",
@@ -325,7 +497,8 @@ def os_error_text(exc: OSError, *, resumable: bool = False) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "cv": cmd_cv, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export}
+    handlers = {"train": cmd_train, "cv": cmd_cv, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export,
+                "import-model": cmd_import_model, "audit": cmd_audit}
     from medrobust.checkpoints import CheckpointError
     from medrobust.data import DataError
 

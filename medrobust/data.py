@@ -1,15 +1,42 @@
-"""Chest X-ray data: read upstream-layout folders, preprocess once, cache, split by patient.
+"""Chest X-ray data: read the data roots, preprocess once, cache, split by patient.
 
-Supported layouts (several roots at once):
+A *root* given to :func:`read_records` / :func:`load_dataset` is one of (several roots at once, any mix):
 
-* ieee8023/covid-chestxray-dataset: ``metadata.csv`` with ``patientid``, ``finding``, ``view``,
-  ``modality``, ``filename``; images in ``images/``.
-* agchung/Actualmed-COVID-chestxray-dataset: ``metadata.csv`` with ``patientid``, ``finding``,
-  ``view``, ``imagename``; images in ``images/``.
+* An upstream COVID folder (it holds ``metadata.csv``):
 
-Labels: 1 if the finding contains "COVID-19", 0 for any other non-empty finding. Rows with an
-empty finding, a non-frontal view, a non-X-ray modality or a missing image file are dropped and
-counted by reason. The patient key is ``(source, patientid)``.
+  - ieee8023/covid-chestxray-dataset: ``metadata.csv`` with ``patientid``, ``finding``, ``view``,
+    ``modality``, ``filename``; images in ``images/``.
+  - agchung/Actualmed-COVID-chestxray-dataset: ``metadata.csv`` with ``patientid``, ``finding``,
+    ``view``, ``imagename``; images in ``images/``.
+
+  Classes ``("non-COVID", "COVID-19")``: label 1 if the finding contains "COVID-19", 0 for any other
+  non-empty finding. Rows with an empty finding, a non-frontal view, a non-X-ray modality or a
+  missing image file are dropped and counted by reason. The patient key is ``(source, patientid)``.
+
+* A CSV manifest (a ``*.csv`` file) with the columns ``path`` (relative to the CSV's folder, or
+  absolute) and ``label`` (a class name), and optionally ``patient``, ``source`` (site or collection;
+  default: the CSV's stem) and ``split`` (``train``/``val``/``test``: a fixed assignment). Record key:
+  ``<source>/<path as written>``; patient key ``<source>:<patient>``.
+
+* An ImageFolder tree (a folder without ``metadata.csv``): each sub-folder is a class (sorted by
+  name, as torchvision does) holding image files (png, jpg, jpeg, bmp, tif, tiff, dcm; any case),
+  nested folders included. Hidden files and folders (a leading ".") are skipped. Source: the folder
+  name; record key ``<source>/<class>/<file relative to the class folder>``.
+
+* A MedMNIST ``.npz`` file as the ``medmnist`` package saves it (``train_images``, ``train_labels``,
+  ``val_images``, ... ; uint8 images (n, H, W) or (n, H, W, 3), RGB turned grey with ITU-R 601 luma;
+  labels (n, 1)). MedMNIST's train/val/test is the fixed split; multi-label files are refused. Class
+  names come from ``medmnist.INFO`` where the package is installed and the file stem (``pneumoniamnist``,
+  ``pneumoniamnist_64``) is one of its data sets, else ``"0"``, ``"1"``, ... The images have no file of
+  their own: a record's ``path`` is ``<absolute npz path>::<part>/<index>`` (see :func:`npz_ref`) and its
+  key ``<stem>/<part>/<index>``.
+
+Classes come from the data unless ``classes=[...]`` fixes their list and order (then images of any
+other class are dropped as "unknown class"); all roots of one call must agree on them.
+
+Manifests without a ``patient`` column, ImageFolder trees and MedMNIST files carry no patient ids:
+each image is then its own patient, so the split is per image, not per patient. This is said in
+:attr:`DataReport.warnings` (the one place such warnings live; callers print them).
 """
 
 from __future__ import annotations
@@ -19,22 +46,39 @@ import hashlib
 import json
 import os
 import random
+import re
 import sys
+import zipfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medrobust import settings
 from medrobust.choices import CLASS_NAMES
 from medrobust.fileio import atomic_write_text
-from medrobust.imaging import ImageDecodeError, load_image_file
+from medrobust.imaging import ImageDecodeError, load_image_file, to_square
 
 FRONTAL_VIEWS = frozenset({"PA", "AP", "AP SUPINE", "AP ERECT"})
 #: Bump when preprocessing changes so stale caches are never reused.
 PREPROCESS_VERSION = 1
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
+#: The parts of a split, in order; also the values a manifest's ``split`` column may hold.
+SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
+#: File suffixes (lower case) an ImageFolder tree's images may have.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"})
+#: The arrays of a MedMNIST ``.npz`` file.
+MEDMNIST_KEYS: tuple[str, ...] = tuple(f"{part}_{kind}" for part in SPLIT_NAMES for kind in ("images", "labels"))
+#: ITU-R BT.601 luma weights (R, G, B), as Pillow's ``convert("L")`` uses them.
+LUMA_601 = (0.299, 0.587, 0.114)
+
+_SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_NPZ_REF = re.compile(r"^(?P<file>.+\.npz)::(?P<part>train|val|test)/(?P<index>\d+)$", re.IGNORECASE | re.DOTALL)
+_NO_PATIENT = ("so every image counts as its own patient: the split is per image, not per patient "
+               "(images of one patient can land in both training and test)")
 
 
 class DataError(ValueError):
@@ -43,6 +87,14 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
+    """One labelled image.
+
+    ``label`` indexes the data's class list (:attr:`DataReport.classes`). For a manifest, ImageFolder
+    or MedMNIST record ``finding`` is the class name and ``view`` is empty. ``split`` is a fixed
+    assignment to "train", "val" or "test" (a manifest's ``split`` column, MedMNIST's own split), or
+    None where the split is drawn at random.
+    """
+
     source: str
     patient: str  # "<source>:<patientid>"
     filename: str
@@ -50,6 +102,7 @@ class Record:
     finding: str
     view: str
     label: int
+    split: str | None = None
 
     @property
     def key(self) -> str:
@@ -58,21 +111,28 @@ class Record:
 
 @dataclass
 class DataReport:
-    """How many rows were kept and why the others were dropped."""
+    """How many rows were kept and why the others were dropped, the class names, and warnings."""
 
     roots: list[str]
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
     per_class: Counter = field(default_factory=Counter)
+    classes: tuple[str, ...] = CLASS_NAMES
+    warnings: list[str] = field(default_factory=list)
+
+    def _name(self, label: int) -> str:
+        return self.classes[label] if 0 <= label < len(self.classes) else str(label)
 
     def summary(self) -> str:
         drops = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())) or "none"
-        classes = ", ".join(f"{CLASS_NAMES[c]} {n}" for c, n in sorted(self.per_class.items()))
-        return f"kept {self.kept} images ({classes}); dropped: {drops}"
+        classes = ", ".join(f"{self._name(c)} {n}" for c, n in sorted(self.per_class.items()))
+        text = f"kept {self.kept} images ({classes}); dropped: {drops}"
+        return text + "".join(f"; warning: {w}" for w in self.warnings)
 
     def to_dict(self) -> dict:
         return {"roots": self.roots, "kept": self.kept, "dropped": dict(self.dropped),
-                "per_class": {CLASS_NAMES[c]: n for c, n in self.per_class.items()}}
+                "per_class": {self._name(c): n for c, n in self.per_class.items()},
+                "classes": list(self.classes), "warnings": list(self.warnings)}
 
 
 def _label(finding: str) -> int | None:
@@ -82,83 +142,389 @@ def _label(finding: str) -> int | None:
     return 1 if "COVID-19" in finding else 0
 
 
-def read_records(roots: list[Path] | list[str]) -> tuple[list[Record], DataReport]:
-    """Read every root's ``metadata.csv`` into labelled frontal X-ray records.
+def npz_ref(path: str) -> tuple[str, str, int] | None:
+    """Split a MedMNIST record's path ``<file.npz>::<part>/<index>`` into its parts (None for a file).
+
+    Examples
+    --------
+    >>> npz_ref("/data/pneumoniamnist.npz::val/12")
+    ('/data/pneumoniamnist.npz', 'val', 12)
+    >>> npz_ref("/data/images/a.png") is None
+    True
+    """
+    m = _NPZ_REF.match(path)
+    if m is None:
+        return None
+    return m["file"], m["part"].lower(), int(m["index"])
+
+
+# ---- one reader per layout: each returns (its class names, [(record, class name)]) ---------------
+# Records come back with label -1 (the COVID layout: its own 0/1); read_records numbers the classes.
+
+_Items = list[tuple[Record, str]]
+
+
+def _read_covid(root: Path, source: str, wanted: dict[str, int] | None, report: DataReport) -> _Items:
+    meta = root / "metadata.csv"
+    items: _Items = []
+    with open(meta, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        name_col = "filename" if "filename" in cols else "imagename" if "imagename" in cols else None
+        missing = {"patientid", "finding", "view"} - cols
+        if name_col is None or missing:
+            need = sorted(missing | ({"filename or imagename"} if name_col is None else set()))
+            raise DataError(f"{meta} lacks the column(s) {', '.join(need)}.")
+        img_dir = root / "images"
+        for row in reader:
+            modality = (row.get("modality") or "X-ray").strip()
+            if modality.lower() not in ("x-ray", "xray", "cr", "dx"):
+                report.dropped["not an X-ray"] += 1
+                continue
+            view = (row.get("view") or "").strip()
+            if view.upper() not in FRONTAL_VIEWS:
+                report.dropped["not a frontal view"] += 1
+                continue
+            label = _label(row.get("finding") or "")
+            if label is None:
+                report.dropped["unlabelled (empty finding)"] += 1
+                continue
+            if wanted is not None and CLASS_NAMES[label] not in wanted:
+                report.dropped["unknown class"] += 1
+                continue
+            fname = (row.get(name_col) or "").strip()
+            folder = (row.get("folder") or "images").strip() or "images"
+            path = root / folder / fname if fname else None
+            if path is None or not path.is_file():
+                alt = img_dir / fname if fname else None
+                if alt is not None and alt.is_file():
+                    path = alt
+                else:
+                    report.dropped["image file missing"] += 1
+                    continue
+            pid = (row.get("patientid") or "").strip() or f"row-{fname}"
+            items.append((Record(source=source, patient=f"{source}:{pid}", filename=fname, path=str(path),
+                                 finding=(row.get("finding") or "").strip(), view=view, label=label),
+                          CLASS_NAMES[label]))
+    return items
+
+
+def _read_manifest(csv_path: Path, default_source: str, wanted: dict[str, int] | None,
+                   report: DataReport) -> tuple[tuple[str, ...], _Items]:
+    folder = csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+        reader = csv.DictReader(fh)
+        cols = {(c or "").strip().lower(): c for c in (reader.fieldnames or [])}
+        missing = [c for c in ("path", "label") if c not in cols]
+        if missing:
+            raise DataError(f"The manifest {csv_path} lacks the column(s) {', '.join(missing)} (a manifest needs "
+                            "path and label; patient, source and split are optional).")
+        rows = list(reader)
+
+    def cell(row: dict, name: str) -> str:
+        return (row.get(cols[name]) or "").strip() if name in cols else ""
+
+    names = tuple(sorted({cell(row, "label") for row in rows} - {""}))
+    has_patient = "patient" in cols
+    if not has_patient:
+        report.warnings.append(f"{csv_path} has no patient column, {_NO_PATIENT}.")
+    items: _Items = []
+    no_pid = 0
+    for row in rows:
+        name = cell(row, "label")
+        if not name:
+            report.dropped["empty label"] += 1
+            continue
+        if wanted is not None and name not in wanted:
+            report.dropped["unknown class"] += 1
+            continue
+        raw_split = cell(row, "split")
+        split = _SPLIT_VALUES.get(raw_split.lower()) if raw_split else None
+        if raw_split and split is None:
+            report.dropped["invalid split value"] += 1
+            continue
+        written = cell(row, "path")
+        path = Path(written) if written else None
+        if path is not None and not path.is_absolute():
+            path = folder / path
+        if path is None or not path.is_file():
+            report.dropped["image file missing"] += 1
+            continue
+        source = cell(row, "source") or default_source
+        pid = cell(row, "patient")
+        if has_patient and not pid:
+            no_pid += 1
+        items.append((Record(source=source, patient=f"{source}:{pid or written}", filename=written, path=str(path),
+                             finding=name, view="", label=-1, split=split), name))
+    if no_pid:
+        report.warnings.append(f"{csv_path}: {no_pid} row(s) have no patient id; each of those images counts as "
+                               "its own patient, so for them the split is per image, not per patient.")
+    return names, items
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively, links followed once, hidden entries skipped), sorted."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames)
+                if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(out)
+
+
+def _read_image_folder(root: Path, source: str, wanted: dict[str, int] | None,
+                       report: DataReport) -> tuple[tuple[str, ...], _Items]:
+    found: dict[str, list[Path]] = {}
+    empty: list[str] = []
+    for sub in sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name):
+        files = _image_files(sub)
+        if files:
+            found[sub.name] = files
+        else:
+            empty.append(sub.name)
+    if not found:
+        raise DataError(f"Data folder {root} has no metadata.csv (the upstream COVID layout) and no class "
+                        "sub-folders holding images (an ImageFolder tree: <folder>/<class>/<image>).")
+    if empty:
+        report.warnings.append(f"{root}: the sub-folder(s) {', '.join(empty)} hold no image file and are not classes.")
+    report.warnings.append(f"{root} is an ImageFolder tree without patient ids, {_NO_PATIENT}.")
+    items: _Items = []
+    for name, files in found.items():
+        if wanted is not None and name not in wanted:
+            report.dropped["unknown class"] += len(files)
+            continue
+        for f in files:
+            rel = f"{name}/{f.relative_to(root / name).as_posix()}"
+            items.append((Record(source=source, patient=f"{source}:{rel}", filename=rel, path=str(f),
+                                 finding=name, view="", label=-1), name))
+    return tuple(found), items
+
+
+def _npy_header(zf: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an array inside an ``.npz`` without reading its data."""
+    with zf.open(member) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    return tuple(shape), dtype
+
+
+def _medmnist_class_names(stem: str) -> tuple[str, ...] | None:
+    """The class names ``medmnist.INFO`` gives a file stem such as ``pneumoniamnist_64`` (None if unknown)."""
+    try:
+        import medmnist  # optional: only for the class names
+    except ImportError:
+        return None
+    info = getattr(medmnist, "INFO", None) or {}
+    entry = info.get(re.sub(r"_\d+$", "", stem.lower()))
+    labels = entry.get("label") if isinstance(entry, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        return None
+    try:
+        return tuple(str(labels[k]) for k in sorted(labels, key=int))
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_npz(path: Path, source: str, wanted: dict[str, int] | None,
+              report: DataReport) -> tuple[tuple[str, ...], _Items]:
+    fmt = ("expected the MedMNIST layout: train_images, train_labels, val_images, val_labels, "
+           "test_images, test_labels")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {m[:-4]: m for m in zf.namelist() if m.endswith(".npy")}
+            missing = [k for k in MEDMNIST_KEYS if k not in members]
+            if missing:
+                raise DataError(f"The .npz file {path} lacks the array(s) {', '.join(missing)} ({fmt}).")
+            shapes = {part: _npy_header(zf, members[f"{part}_images"]) for part in SPLIT_NAMES}
+        with np.load(path, allow_pickle=False) as npz:
+            labels = {part: np.asarray(npz[f"{part}_labels"]) for part in SPLIT_NAMES}
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:
+        raise DataError(f"Cannot read the .npz file {path} ({exc}); {fmt}.") from None
+    for part in SPLIT_NAMES:
+        shape, dtype = shapes[part]
+        ok_shape = len(shape) == 3 or (len(shape) == 4 and shape[3] in (1, 3))
+        if not ok_shape or dtype != np.uint8 or min(shape[1:3], default=0) < 1:
+            raise DataError(f"{path}: {part}_images is {dtype} {shape}; MedMNIST images are uint8 (n, H, W) "
+                            "or (n, H, W, 3).")
+        y = labels[part]
+        if y.ndim == 2 and y.shape[1] > 1:
+            raise DataError(f"{path} holds multi-label targets ({y.shape[1]} label columns, as ChestMNIST does); "
+                            "medrobust trains single-label classifiers, so multi-label MedMNIST sets are not "
+                            "supported.")
+        if y.ndim > 2 or y.size != shape[0]:
+            raise DataError(f"{path}: {part}_labels has shape {y.shape}, but {part}_images holds {shape[0]} "
+                            "images; expected labels of shape (n, 1).")
+        if not np.issubdtype(y.dtype, np.integer) and not (
+                np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+            raise DataError(f"{path}: {part}_labels are {y.dtype}; expected integer class numbers.")
+        labels[part] = y.reshape(-1).astype(np.int64)
+    names = _medmnist_class_names(path.stem)
+    if names is None:
+        top = max((int(y.max()) for y in labels.values() if y.size), default=-1)
+        names = tuple(str(i) for i in range(top + 1))
+    report.warnings.append(f"{path}: MedMNIST has no patient ids, {_NO_PATIENT}.")
+    file = str(path.resolve())
+    items: _Items = []
+    for part in SPLIT_NAMES:
+        for i, y in enumerate(labels[part].tolist()):
+            if not 0 <= y < len(names):
+                report.dropped["unknown class"] += 1
+                continue
+            name = names[y]
+            if wanted is not None and name not in wanted:
+                report.dropped["unknown class"] += 1
+                continue
+            items.append((Record(source=source, patient=f"{source}:{part}/{i}", filename=f"{part}/{i}",
+                                 path=f"{file}::{part}/{i}", finding=name, view="", label=-1, split=part), name))
+    return names, items
+
+
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(classes, str) or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"classes must be a list of class names, got {classes!r}.")
+    out = tuple(c.strip() for c in classes)
+    if any(not c for c in out):
+        raise DataError("classes holds an empty class name.")
+    dupes = sorted(c for c, n in Counter(out).items() if n > 1)
+    if dupes:
+        raise DataError(f"classes names {', '.join(dupes)} more than once.")
+    return out
+
+
+def read_records(roots: Sequence[Path | str] | Path | str, *,
+                 classes: Sequence[str] | None = None) -> tuple[list[Record], DataReport]:
+    """Read every root (COVID folder, CSV manifest, ImageFolder tree or MedMNIST ``.npz``) into records.
+
+    Parameters
+    ----------
+    roots
+        The data roots; see the module docstring for the layouts.
+    classes
+        The class names, in label order. Default: from the data (``CLASS_NAMES`` for the COVID
+        layouts, the sorted label names of a manifest, the sorted sub-folders of an ImageFolder tree,
+        MedMNIST's names). Given, it wins over the data: images of any other class are dropped as
+        "unknown class", and roots that disagree on their classes may be mixed.
+
+    Returns
+    -------
+    records, report
+        The kept records sorted by key (keys are unique), and what was kept and dropped, the
+        class names (``report.classes``) and warnings (``report.warnings``).
 
     Raises
     ------
     DataError
-        If a root or its ``metadata.csv`` is missing, or the CSV lacks the needed columns.
+        If a root is missing or not of a known layout, lacks needed columns or arrays, holds
+        multi-label targets, if the roots disagree on their classes (and ``classes`` is not given),
+        if fewer than two classes result, or if two different images would get the same key.
     """
+    if isinstance(roots, (str, Path)):
+        roots = [roots]
     roots = [Path(r) for r in roots]
     if not roots:
         raise DataError("No data folder given: pass --data PATH or set MEDROBUST_DATA.")
+    wanted_list = _check_classes(classes) if classes is not None else None
+    wanted = {c: i for i, c in enumerate(wanted_list)} if wanted_list is not None else None
     report = DataReport(roots=[str(r) for r in roots])
-    records: list[Record] = []
     seen_sources: Counter = Counter()
+
+    def source_for(name: str) -> str:
+        seen_sources[name] += 1
+        return name if seen_sources[name] == 1 else f"{name}-{seen_sources[name]}"
+
+    per_root: list[tuple[Path, tuple[str, ...], _Items, bool]] = []  # root, its classes, items, COVID layout?
     for root in roots:
-        meta = root / "metadata.csv"
-        if not root.is_dir():
+        if not root.exists():
             raise DataError(f"Data folder {root} does not exist.")
-        if not meta.is_file():
-            raise DataError(f"Data folder {root} has no metadata.csv (expected the upstream layout).")
-        source = root.resolve().name
-        seen_sources[source] += 1
-        if seen_sources[source] > 1:
-            source = f"{source}-{seen_sources[source]}"
-        with open(meta, newline="", encoding="utf-8", errors="replace") as fh:
-            reader = csv.DictReader(fh)
-            cols = set(reader.fieldnames or [])
-            name_col = "filename" if "filename" in cols else "imagename" if "imagename" in cols else None
-            missing = {"patientid", "finding", "view"} - cols
-            if name_col is None or missing:
-                need = sorted(missing | ({"filename or imagename"} if name_col is None else set()))
-                raise DataError(f"{meta} lacks the column(s) {', '.join(need)}.")
-            img_dir = root / "images"
-            for row in reader:
-                modality = (row.get("modality") or "X-ray").strip()
-                if modality.lower() not in ("x-ray", "xray", "cr", "dx"):
-                    report.dropped["not an X-ray"] += 1
-                    continue
-                view = (row.get("view") or "").strip()
-                if view.upper() not in FRONTAL_VIEWS:
-                    report.dropped["not a frontal view"] += 1
-                    continue
-                label = _label(row.get("finding") or "")
-                if label is None:
-                    report.dropped["unlabelled (empty finding)"] += 1
-                    continue
-                fname = (row.get(name_col) or "").strip()
-                folder = (row.get("folder") or "images").strip() or "images"
-                path = root / folder / fname if fname else None
-                if path is None or not path.is_file():
-                    alt = img_dir / fname if fname else None
-                    if alt is not None and alt.is_file():
-                        path = alt
-                    else:
-                        report.dropped["image file missing"] += 1
-                        continue
-                pid = (row.get("patientid") or "").strip() or f"row-{fname}"
-                records.append(Record(source=source, patient=f"{source}:{pid}", filename=fname,
-                                      path=str(path), finding=(row.get("finding") or "").strip(),
-                                      view=view, label=label))
+        if root.is_file():
+            suffix = root.suffix.lower()
+            if suffix == ".csv":
+                names, items = _read_manifest(root, source_for(root.stem), wanted, report)
+            elif suffix == ".npz":
+                names, items = _read_npz(root, source_for(root.stem), wanted, report)
+            else:
+                raise DataError(f"Data file {root} is neither a CSV manifest (.csv) nor a MedMNIST file (.npz).")
+            per_root.append((root, names, items, False))
+        elif (root / "metadata.csv").is_file():
+            per_root.append((root, CLASS_NAMES, _read_covid(root, source_for(root.resolve().name), wanted, report),
+                             True))
+        elif root.is_dir():
+            names, items = _read_image_folder(root, source_for(root.resolve().name), wanted, report)
+            per_root.append((root, names, items, False))
+        else:
+            raise DataError(f"Data folder {root} is neither a folder nor a file.")
+
+    if wanted_list is not None:
+        final = wanted_list
+    else:
+        kinds = {names for _, names, _, _ in per_root}
+        if len(kinds) > 1:
+            listing = "; ".join(f"{root} has ({', '.join(names)})" for root, names, _, _ in per_root)
+            raise DataError(f"The data roots disagree on their classes: {listing}. Make them agree, or give the "
+                            "class list and order explicitly (classes=[...]).")
+        final = per_root[0][1]
+    if len(final) < 2:
+        raise DataError(f"{len(final)} class ({', '.join(final) or 'none'}) in {', '.join(map(str, roots))}: a "
+                        "classifier needs at least two classes.")
+    index = {c: i for i, c in enumerate(final)}
+
     # The same file listed twice (upstream has a few duplicates) would leak between splits.
     unique: dict[str, Record] = {}
-    for r in records:
-        if r.key in unique:
-            report.dropped["duplicate row"] += 1
-        else:
+    covid_keys: set[str] = set()
+    files: dict[str, str] = {}  # real path (or npz reference) -> key
+    for root, _, items, covid in per_root:
+        for r, name in items:
+            if r.label != index[name]:
+                r = replace(r, label=index[name])
+            ref = npz_ref(r.path)
+            real = r.path if ref is not None else os.path.realpath(r.path)
+            if r.key in unique:
+                if covid and r.key in covid_keys:
+                    report.dropped["duplicate row"] += 1
+                    continue
+                if files.get(real) == r.key:
+                    report.dropped["duplicate path"] += 1
+                    continue
+                raise DataError(f"Two different images get the record key {r.key!r} ({unique[r.key].path} and "
+                                f"{r.path}); give their manifests different source names.")
+            if not covid and real in files:
+                report.dropped["duplicate path"] += 1
+                continue
             unique[r.key] = r
+            files.setdefault(real, r.key)
+            if covid:
+                covid_keys.add(r.key)
     records = sorted(unique.values(), key=lambda r: r.key)
+    report.classes = final
     report.kept = len(records)
     report.per_class = Counter(r.label for r in records)
+    if records:
+        absent = [c for i, c in enumerate(final) if not report.per_class.get(i)]
+        if absent:
+            report.warnings.append(f"no image of the class(es) {', '.join(absent)} was kept.")
     return records, report
 
 
 def _inputs_hash(records: list[Record], size: int) -> str:
     h = hashlib.sha256(f"v{PREPROCESS_VERSION}|{size}".encode())
+    npz_stats: dict[str, os.stat_result] = {}
     for r in records:
-        st = os.stat(r.path)
+        ref = npz_ref(r.path)
+        if ref is None:
+            st = os.stat(r.path)
+        else:  # MedMNIST images live in one file: its size and mtime stand for all of them
+            st = npz_stats.get(ref[0]) or npz_stats.setdefault(ref[0], os.stat(ref[0]))
         # Nanosecond mtime: a file rewritten within the same second (same size) must invalidate the cache.
         h.update(f"|{r.key}|{r.label}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
@@ -178,6 +544,11 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, index = label (from the data, or the ``classes`` given to :func:`load_dataset`)."""
+        return self.report.classes
+
     def subset(self, keys: list[str]) -> "Dataset":
         index = {r.key: i for i, r in enumerate(self.records)}
         idx = [index[k] for k in keys]
@@ -189,12 +560,37 @@ class Dataset:
         return self.images.float().div_(255.0)
 
 
-def load_dataset(roots: list[Path] | list[str], *, image_size: int, use_cache: bool = True,
-                 progress: bool = False) -> Dataset:
-    """Read, decode and resize every image once; later calls load the cached tensor in seconds."""
-    records, report = read_records(roots)
+def _npz_images(file: str, part: str) -> np.ndarray:
+    """All images of one part of a MedMNIST file (read once per :func:`load_dataset` call)."""
+    with np.load(file, allow_pickle=False) as npz:
+        return np.asarray(npz[f"{part}_images"])
+
+
+def _npz_pixels(image: np.ndarray) -> np.ndarray:
+    """A uint8 (H, W), (H, W, 1) or (H, W, 3) MedMNIST image as float32 grey in [0, 1] (RGB: ITU-R 601 luma)."""
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim == 3 and x.shape[2] == 3:
+        x = x @ np.asarray(LUMA_601, dtype=np.float32)
+    elif x.ndim == 3 and x.shape[2] == 1:
+        x = x[:, :, 0]
+    if x.ndim != 2:
+        raise ImageDecodeError(f"A MedMNIST image of shape {image.shape} is not a 2-D picture.")
+    return np.clip(x / 255.0, 0.0, 1.0)
+
+
+def load_dataset(roots: Sequence[Path | str] | Path | str, *, image_size: int, use_cache: bool = True,
+                 progress: bool = False, classes: Sequence[str] | None = None) -> Dataset:
+    """Read, decode and resize every image once; later calls load the cached tensor in seconds.
+
+    ``roots`` and ``classes`` are as for :func:`read_records`; the class names are ``Dataset.classes``.
+    Unreadable images are dropped (counted as "image file unreadable"). The cache lives in
+    ``settings.cache_dir()`` and is keyed by every input file's size and mtime (a MedMNIST file's
+    for all its images), the labels and ``image_size``, so a changed input rebuilds it.
+    """
+    records, report = read_records(roots, classes=classes)
     if not records:
-        raise DataError(f"No labelled frontal X-ray found in {', '.join(map(str, roots))} ({report.summary()}).")
+        what = "labelled frontal X-ray" if report.classes == CLASS_NAMES else "usable labelled image"
+        raise DataError(f"No {what} found in {', '.join(report.roots)} ({report.summary()}).")
     key = _inputs_hash(records, image_size)
     cache = settings.cache_dir() / f"dataset-{key}.pt"
     all_keys = [r.key for r in records]
@@ -219,19 +615,33 @@ def load_dataset(roots: list[Path] | list[str], *, image_size: int, use_cache: b
             pass
     images = torch.empty((len(records), 1, image_size, image_size), dtype=torch.uint8)
     keep: list[int] = []
+    arrays: dict[tuple[str, str], np.ndarray] = {}  # MedMNIST parts, each read once
     iterator = enumerate(records)
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(iterator, total=len(records), desc=f"decoding at {image_size}px", unit="img")
     for i, r in iterator:
-        try:
-            x = load_image_file(r.path, size=image_size)
-        except (ImageDecodeError, OSError):
-            report.dropped["image file unreadable"] += 1
-            continue
+        ref = npz_ref(r.path)
+        if ref is None:
+            try:
+                x = load_image_file(r.path, size=image_size)
+            except (ImageDecodeError, OSError):
+                report.dropped["image file unreadable"] += 1
+                continue
+        else:
+            file, part, j = ref
+            try:
+                if (file, part) not in arrays:
+                    arrays[file, part] = _npz_images(file, part)
+                pixels = _npz_pixels(arrays[file, part][j])
+            except (ImageDecodeError, OSError, KeyError, IndexError, ValueError, zipfile.BadZipFile):
+                report.dropped["image file unreadable"] += 1
+                continue
+            x = to_square(pixels, size=image_size)
         images[len(keep)] = (x * 255.0).round_().to(torch.uint8)
         keep.append(i)
+    arrays.clear()
     records = [records[i] for i in keep]
     images = images[: len(keep)].clone()
     report.kept = len(records)
@@ -294,23 +704,57 @@ class Split:
             raise DataError(f"Cannot read the split file {path}: {exc}") from None
 
 
+def _fixed_parts(by_patient: dict[str, list[Record]]) -> dict[str, str]:
+    """The fixed part of every patient whose images carry one (``Record.split``); refuse a patient in two."""
+    fixed: dict[str, str] = {}
+    for pid, recs in sorted(by_patient.items()):
+        parts = sorted({r.split for r in recs if r.split is not None})
+        bad = [p for p in parts if p not in SPLIT_NAMES]
+        if bad:
+            raise DataError(f"Patient {pid} has an image with the split {bad[0]!r}; a fixed split is one of "
+                            f"{', '.join(SPLIT_NAMES)}.")
+        if len(parts) > 1:
+            raise DataError(f"Patient {pid} has images in the fixed splits {' and '.join(parts)}; a patient must sit "
+                            "in one split (fix the split column, or give those images different patient ids).")
+        if parts:
+            fixed[pid] = parts[0]
+    return fixed
+
+
 def split_by_patient(records: list[Record], *, seed: int, fractions: tuple[float, float, float] = DEFAULT_SPLIT) -> Split:
     """Assign whole patients to train/val/test, stratified by the patient's label.
 
-    A patient is "COVID-19" if any of their images is; each stratum's patients are shuffled with
-    ``seed`` and cut at the cumulative fractions (rounded), so no patient is in two parts.
+    A patient's stratum is the highest label among their images (for the COVID data: "COVID-19" if
+    any image is); each stratum's patients are shuffled with ``seed`` and cut at the cumulative
+    fractions (rounded), so no patient is in two parts.
+
+    Records with a fixed ``split`` (a manifest's split column, MedMNIST's own split) go to that part
+    with their whole patient; only the other patients are split at random (so data that fix every
+    image's split use no randomness at all).
+
+    Raises
+    ------
+    ValueError
+        If ``fractions`` are not three non-negative numbers summing to 1.
+    DataError
+        If a patient's images carry different fixed splits.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}.")
     by_patient: dict[str, list[Record]] = {}
     for r in records:
         by_patient.setdefault(r.patient, []).append(r)
-    strata: dict[int, list[str]] = {0: [], 1: []}
-    for pid, recs in sorted(by_patient.items()):
-        strata[max(r.label for r in recs)].append(pid)
-    rng = random.Random(seed)
+    fixed = _fixed_parts(by_patient)
     parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for label in (0, 1):
+    strata: dict[int, list[str]] = {}
+    for pid, recs in sorted(by_patient.items()):
+        if pid in fixed:
+            parts[fixed[pid]].append(pid)
+        else:
+            strata.setdefault(max(r.label for r in recs), []).append(pid)
+    rng = random.Random(seed)
+    # Strata in label order; an absent stratum would shuffle an empty list, which draws nothing.
+    for label in sorted(strata):
         pids = strata[label]
         rng.shuffle(pids)
         n = len(pids)
@@ -341,9 +785,16 @@ def split_kfold(records: list[Record], *, seed: int, folds: int, fold: int, val_
 
     Each stratum's patients are shuffled with ``seed`` and dealt round-robin into the folds, so
     every patient is in exactly one test fold and the folds' class mixes differ by at most one
-    patient per class. Of the remaining patients, ``val_fraction`` of each stratum's total (at
-    least one where the stratum has spare patients) is drawn for validation with a per-fold RNG;
-    the rest train.
+    patient per class (a patient's stratum is their highest label; any number of classes). Of the
+    remaining patients, ``val_fraction`` of each stratum's total (at least one where the stratum has
+    spare patients) is drawn for validation with a per-fold RNG; the rest train.
+
+    Raises
+    ------
+    ValueError
+        On a bad ``folds``, ``fold`` or ``val_fraction``.
+    DataError
+        If any record has a fixed ``split``.
 
     Examples
     --------
@@ -358,6 +809,9 @@ def split_kfold(records: list[Record], *, seed: int, folds: int, fold: int, val_
         raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}.")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    if any(r.split is not None for r in records):
+        raise DataError("The data fix their own split (a split column, or MedMNIST's train/val/test); "
+                        "cross-validation needs data without a split column.")
     by_patient, strata = _patients_by_stratum(records)
     rng = random.Random(seed)
     parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}

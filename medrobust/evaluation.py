@@ -39,8 +39,8 @@ from medrobust.choices import CLASS_NAMES, Norm, parse_choice
 from medrobust.clinical import CLINICAL, LEVELS, clinical_corrupt
 from medrobust.corruptions import SEVERITIES, apply_corruption
 from medrobust.fileio import atomic_write_bytes, atomic_write_text
-from medrobust.metrics import classification_metrics, reliability_bins
-from medrobust.models import XrayResNet, fold_batchnorm
+from medrobust.metrics import classification_metrics, confusion_matrix, per_class_recall, reliability_bins
+from medrobust.models import XrayNet, fold_batchnorm
 from medrobust.stats import cluster_bootstrap_ci, fold_spread
 
 NOISES = ("gaussian", "salt_and_pepper", "speckle")
@@ -245,6 +245,7 @@ def evaluate_model(
     groups: Sequence[str] | None = None,
     fold: int = -1,
     split_hash: str | None = None,
+    classes: Sequence[str] | None = None,
     on_progress: Callable[[str, float], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole benchmark for one model on one test set.
@@ -252,9 +253,9 @@ def evaluate_model(
     Parameters
     ----------
     model
-        Any module mapping (N, 1, H, W) in [0, 1] to two logits; put in eval mode.
+        Any module mapping (N, 1, H, W) in [0, 1] to K >= 2 logits; put in eval mode.
     images, labels
-        The test set: uint8 (or float in [0, 1]) images, shape (N, 1, H, W), and 0/1 labels, shape (N,).
+        The test set: uint8 (or float in [0, 1]) images, shape (N, 1, H, W), and labels in 0..K-1, shape (N,).
     config
         Benchmark settings (:class:`EvalConfig`).
     keys, groups
@@ -262,6 +263,8 @@ def evaluate_model(
         image counts as its own patient (say so when you report it).
     fold
         The cross-validation fold this test set is (-1 for a single split).
+    classes
+        The class names, index = label (default: the card's, else the COVID task's two).
 
     Returns
     -------
@@ -272,7 +275,7 @@ def evaluate_model(
     t_start = time.time()
     device = next(model.parameters()).device
     model.eval()
-    if isinstance(model, XrayResNet):
+    if isinstance(model, XrayNet):
         model = fold_batchnorm(model)  # same function, ~1.2x faster passes
     x_all = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
     y_all = labels.long()
@@ -306,7 +309,8 @@ def evaluate_model(
         folds=np.full(n, int(fold), dtype=np.int64), conditions=conditions,
         logits=np.concatenate([outputs[b]["logits"] for b in order], axis=1).astype(np.float32),
         restart_ok=np.concatenate([outputs[b]["restart_ok"] for b in order], axis=1))
-    result = summarise(per_sample, config=config, name=name, card=card, split_hash=split_hash, image_size=side)
+    result = summarise(per_sample, config=config, name=name, card=card, split_hash=split_hash, image_size=side,
+                       classes=classes)
     result["precision"] = precision_info(device, attack_autocast=config.use_autocast)
     result["timing"] = {"total_s": time.time() - t_start, **timing}
     return result
@@ -346,11 +350,65 @@ def _condition_row(ps: PerSample, index: int, *, config: EvalConfig, eps_px: dic
 
 
 def _means(rows: list[dict[str, Any]]) -> dict[str, float]:
-    return {k: float(np.nanmean([r[k] for r in rows])) for k in PER_LEVEL_METRICS}
+    def mean(values: list[float]) -> float:
+        finite = [v for v in values if not math.isnan(v)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    return {k: mean([r[k] for r in rows]) for k in PER_LEVEL_METRICS}
+
+
+def result_classes(card: dict[str, Any] | None, num_classes: int) -> tuple[str, ...]:
+    """The class names of a result: the card's, else the COVID task's (K = 2), else "0".."K-1"."""
+    names = tuple((card or {}).get("classes") or (CLASS_NAMES if num_classes == 2 else range(num_classes)))
+    names = tuple(str(c) for c in names)
+    if len(names) != num_classes:
+        raise ValueError(f"The model gives {num_classes} logits but its card names {len(names)} classes "
+                         f"({', '.join(names)}).")
+    return names
+
+
+def map_labels(labels: torch.Tensor, *, data_classes: Sequence[str], model_classes: Sequence[str]) -> torch.Tensor:
+    """Data labels re-indexed to the model's class order (matched by name).
+
+    Raises
+    ------
+    ValueError
+        If the data hold a class the model does not know.
+
+    Examples
+    --------
+    >>> map_labels(torch.tensor([0, 1, 1]), data_classes=["a", "b"], model_classes=["b", "a", "c"]).tolist()
+    [1, 0, 0]
+    """
+    data_classes, model_classes = [str(c) for c in data_classes], [str(c) for c in model_classes]
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        raise ValueError(f"The data's class(es) {', '.join(unknown)} are not among the model's classes "
+                         f"({', '.join(model_classes)}); give data with the model's classes.")
+    lut = torch.tensor([model_classes.index(c) for c in data_classes], dtype=torch.long)
+    return lut[labels.long()]
+
+
+def _clean_extras(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """The confusion matrix (rows = true class) and every class's recall on clean images."""
+    k = len(classes)
+    cm = confusion_matrix(labels=labels, preds=probs.argmax(1), num_classes=k)
+    recall = per_class_recall(labels=labels, probs=probs)
+    return {"confusion": cm.tolist(), "recall_per_class": {c: float(r) for c, r in zip(classes, recall)}}
+
+
+def _predictions(ps: PerSample, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"keys": list(ps.keys), "labels": ps.labels.tolist()}
+    if len(classes) == 2:
+        out["p_covid"] = probs[:, 1].tolist()  # P(second class); the name stays for the COVID task's files
+    else:
+        out["probs"] = probs.tolist()
+    return out
 
 
 def summarise(ps: PerSample, *, config: EvalConfig, name: str, card: dict[str, Any] | None = None,
-              split_hash: str | None = None, image_size: int | None = None) -> dict[str, Any]:
+              split_hash: str | None = None, image_size: int | None = None,
+              classes: Sequence[str] | None = None) -> dict[str, Any]:
     """The result of one model from its per-sample logits (one test set, or pooled folds).
 
     Every condition gets accuracy, balanced accuracy, sensitivity, specificity and AUROC with 95 %
@@ -359,12 +417,15 @@ def summarise(ps: PerSample, *, config: EvalConfig, name: str, card: dict[str, A
     get the calibration metrics. With several folds, each row carries its per-fold values too.
     """
     card = card or {}
+    classes = tuple(classes) if classes is not None else result_classes(card, int(ps.logits.shape[-1]))
+    if len(classes) != ps.logits.shape[-1]:
+        raise ValueError(f"{len(classes)} class names for {ps.logits.shape[-1]} logits.")
     side = int(image_size or card.get("image_size") or 0)
     eps_px = {float(e): scale_eps(e, norm=config.norm, side=side or 224) for e in config.eps}
     rows = [_condition_row(ps, i, config=config, eps_px=eps_px) for i in range(len(ps.conditions))]
     clean_probs = ps.probs(0)
     clean_m = classification_metrics(labels=ps.labels, probs=clean_probs)
-    clean = {**clean_m, "ci": rows[0]["ci"]}
+    clean = {**clean_m, "ci": rows[0]["ci"], **_clean_extras(ps.labels, clean_probs, classes)}
     summary: dict[str, Any] = {"clean": {k: clean_m[k] for k in PER_LEVEL_METRICS}}
     for pert in dict.fromkeys(r["perturbation"] for r in rows[1:]):
         summary[pert] = _means([r for r in rows if r["perturbation"] == pert])
@@ -393,7 +454,8 @@ def summarise(ps: PerSample, *, config: EvalConfig, name: str, card: dict[str, A
         "image_size": side,
         "n_test": int(y.size),
         "n_patients": int(len(set(ps.groups.tolist()))),
-        "n_per_class": {CLASS_NAMES[c]: int((y == c).sum()) for c in range(len(CLASS_NAMES))},
+        "classes": list(classes),
+        "n_per_class": {c: int((y == i).sum()) for i, c in enumerate(classes)},
         "degenerate": bool(clean_m["degenerate"]),
         "majority_fraction": clean_m["majority_fraction"],
         "params": {**asdict(config), "eps_pixels": list(eps_px.values()),
@@ -405,14 +467,15 @@ def summarise(ps: PerSample, *, config: EvalConfig, name: str, card: dict[str, A
                                                        "train_seconds", "device") if k in card},
         "clean": clean,
         "calibration": {k: clean_m[k] for k in ("rmsce", "rmsce_plugin", "ece", "entropy", "nll", "brier")},
-        "calibration_note": "rmsce = Kumar et al. debiased L2 CE (15 equal-mass bins, clipped at 0); rmsce_plugin = the "
-                            "same without debiasing; entropy = mean per-sample predictive entropy in nats (<= ln 2).",
+        "calibration_note": "rmsce = Kumar et al. debiased top-label L2 CE (15 equal-mass bins, clipped at 0); "
+                            "rmsce_plugin = the same without debiasing; entropy = mean per-sample predictive entropy "
+                            f"in nats (<= ln {len(classes)}).",
         "reliability": reliability_bins(labels=y, probs=clean_probs, n_bins=15),
         "rows": rows,
         "summary": summary,
         "suites": suites,
         "sanity": sanity,
-        "predictions": {"keys": list(ps.keys), "labels": y.tolist(), "p_covid": clean_probs[:, 1].tolist()},
+        "predictions": _predictions(ps, clean_probs, classes),
         "_per_sample": ps,
     }
     if len(folds) > 1:
@@ -448,8 +511,8 @@ def public(result: dict[str, Any]) -> dict[str, Any]:
 def write_results(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``<name>.json``, ``<name>.csv`` (long format), ``<name>.predictions.csv`` and ``<name>.logits.npz``.
 
-    The predictions CSV holds each test image's key, patient, fold, label, the two clean fp32 logits and
-    P(COVID-19) with full float precision; the ``.npz`` holds every condition's logits (:class:`PerSample`).
+    The predictions CSV holds each test image's key, patient, fold, label, the K clean fp32 logits and
+    the probabilities (P(COVID-19), i.e. of the second class, when K = 2) with full float precision; the ``.npz`` holds every condition's logits (:class:`PerSample`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -464,15 +527,21 @@ def write_results(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     ps: PerSample | None = result.get("_per_sample")
     if ps is not None:
         clean = ps.probs(0)
-        plines = ["key,patient,fold,label,logit_0,logit_1,p_covid"] + [
-            f"{_csv_cell(k)},{_csv_cell(str(g))},{f},{l},{float(z[0])!r},{float(z[1])!r},{float(p)!r}"
-            for k, g, f, l, z, p in zip(ps.keys, ps.groups, ps.folds, ps.labels, ps.logits[0], clean[:, 1])]
+        k = clean.shape[1]
+        p_cols = ["p_covid"] if k == 2 else [f"p_{i}" for i in range(k)]
+        p_vals = clean[:, 1:] if k == 2 else clean
+        plines = [",".join(["key,patient,fold,label", *(f"logit_{i}" for i in range(k)), *p_cols])] + [
+            ",".join([_csv_cell(key), _csv_cell(str(g)), str(f), str(l), *(repr(float(v)) for v in z),
+                      *(repr(float(v)) for v in p)])
+            for key, g, f, l, z, p in zip(ps.keys, ps.groups, ps.folds, ps.labels, ps.logits[0], p_vals)]
         paths.append(out_dir / f"{name}.logits.npz")
         ps.save(paths[-1])
     else:  # a result read back from JSON: the clean probabilities it carries
         pred = result["predictions"]
-        plines = ["key,label,p_covid"] + [f"{_csv_cell(k)},{l},{float(p)!r}"
-                                          for k, l, p in zip(pred["keys"], pred["labels"], pred["p_covid"])]
+        probs = pred.get("probs") or [[p] for p in pred["p_covid"]]
+        head = ["p_covid"] if "p_covid" in pred else [f"p_{i}" for i in range(len(probs[0]) if probs else 0)]
+        plines = [",".join(["key,label", *head])] + [",".join([_csv_cell(k), str(l), *(repr(float(v)) for v in p)])
+                                                      for k, l, p in zip(pred["keys"], pred["labels"], probs)]
     atomic_write_text(paths[2], "\n".join(plines) + "\n")
     return paths
 

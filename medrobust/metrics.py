@@ -1,16 +1,25 @@
-"""Classification, calibration and degeneracy metrics for the binary COVID-19 task.
+"""Classification, calibration and degeneracy metrics for K-class predictions (K >= 2).
 
-Label 1 is COVID-19 and label 0 is non-COVID. Probabilities are accepted either as an
-``(n, 2)`` array whose rows sum to 1 or as an ``(n,)`` array holding P(class 1). The
-predicted class is ``argmax`` over the two columns, so an exact 0.5/0.5 tie goes to
-class 0, as ``np.argmax`` does.
+Probabilities are accepted either as an ``(n, K)`` array with ``K >= 2`` columns whose
+rows sum to 1 (the number of classes is the number of columns) or, for a binary task,
+as an ``(n,)`` array holding P(class 1). Labels are integer class indices in
+``0..K-1``; in the binary COVID-19 task label 1 is COVID-19 and label 0 is non-COVID.
+The predicted class is ``argmax`` over the columns, so an exact tie goes to the lowest
+class index, as ``np.argmax`` does.
+
+With two classes every metric keeps its binary definition (AUROC of P(class 1),
+sensitivity, specificity, rate of class-1 predictions). With more classes AUROC is the
+macro one-vs-rest average over the classes present, balanced accuracy the mean recall
+over the classes present, calibration is top-label, and the binary notions
+``sensitivity``, ``specificity`` and ``positive_rate`` are nan (use
+:func:`per_class_recall` and :func:`confusion_matrix` instead).
 
 Everything here is plain NumPy so that evaluation code can run without torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -19,7 +28,9 @@ __all__ = [
     "DEGENERATE_THRESHOLD",
     "bootstrap_ci",
     "classification_metrics",
+    "confusion_matrix",
     "is_degenerate",
+    "per_class_recall",
     "predictive_entropy",
     "reliability_bins",
 ]
@@ -55,18 +66,19 @@ _BOOTSTRAP_METRICS = (
 
 
 def _as_probs2d(probs: ArrayLike) -> NDArray[np.float64]:
+    """``probs`` as an ``(n, K)`` float array, ``K >= 2``; a 1-D P(class 1) gets K = 2."""
     try:
         p = np.asarray(probs, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"probs must be numeric, got {type(probs).__name__}: {exc}") from exc
     if p.ndim == 1:
         p2 = np.stack([1.0 - p, p], axis=1)
-    elif p.ndim == 2 and p.shape[1] == 2:
+    elif p.ndim == 2 and p.shape[1] >= 2:
         p2 = p
     else:
         raise ValueError(
-            "probs must have shape (n, 2) (one column per class) or (n,) (P(class 1)); "
-            f"got shape {p.shape}"
+            "probs must have shape (n, K) with K >= 2 (one column per class) or (n,) "
+            f"(P(class 1) of a binary task); got shape {p.shape}"
         )
     if p2.shape[0] == 0:
         raise ValueError("probs is empty; at least one sample is needed")
@@ -87,28 +99,47 @@ def _as_probs2d(probs: ArrayLike) -> NDArray[np.float64]:
     return p2
 
 
-def _as_binary_labels(labels: ArrayLike, n: int) -> NDArray[np.int64]:
-    y = np.asarray(labels)
+def _as_class_indices(
+    values: ArrayLike, *, name: str, k: int, n: int, n_source: str
+) -> NDArray[np.int64]:
+    """``values`` as int64 class indices in ``0..k-1``, checked to hold ``n`` entries.
+
+    ``n_source`` names what fixes ``n`` in the length message ("probs has 4 rows").
+    """
+    y = np.asarray(values)
     if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+        raise ValueError(f"{name} must be 1-D, got shape {y.shape}")
     if y.shape[0] != n:
-        raise ValueError(f"labels has {y.shape[0]} entries but probs has {n} rows")
+        raise ValueError(f"{name} has {y.shape[0]} entries but {n_source}")
     if y.dtype.kind not in "biuf":
-        raise ValueError(f"labels must be numeric 0/1, got dtype {y.dtype}")
-    is_binary = (y == 0) | (y == 1)
-    if not np.all(is_binary):
-        bad = np.unique(y[~is_binary])[:5]
         raise ValueError(
-            f"labels must be 0 (non-COVID) or 1 (COVID-19); found {bad.tolist()}"
+            f"{name} must be numeric class indices in 0..{k - 1}, got dtype {y.dtype}"
         )
+    if y.dtype.kind == "b":
+        y = y.astype(np.int64)
+    # nan fails every comparison, so it is caught here without a warning.
+    valid = (y >= 0) & (y <= k - 1)
+    if y.dtype.kind == "f":
+        valid &= np.floor(y) == y
+    if not np.all(valid):
+        bad = np.unique(y[~valid])[:5]
+        if name == "labels" and k == 2:
+            what = "labels must be integers in 0..1, i.e. 0 (non-COVID) or 1 (COVID-19)"
+        else:
+            what = f"{name} must be integers in 0..K-1 = 0..{k - 1} (K = {k} classes)"
+        raise ValueError(f"{what}; found {bad.tolist()}")
     return y.astype(np.int64)
 
 
 def _check_inputs(
     labels: ArrayLike, probs: ArrayLike
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Validated labels, shape ``(n,)``, and probabilities, shape ``(n, K)``."""
     p2 = _as_probs2d(probs)
-    y = _as_binary_labels(labels, p2.shape[0])
+    y = _as_class_indices(
+        labels, name="labels", k=p2.shape[1], n=p2.shape[0],
+        n_source=f"probs has {p2.shape[0]} rows",
+    )
     return y, p2
 
 
@@ -120,13 +151,13 @@ def predictive_entropy(*, probs: ArrayLike) -> NDArray[np.float64]:
 
     Parameters
     ----------
-    probs : array_like, shape (n, 2) or (n,)
-        Class probabilities, or P(class 1) when 1-D.
+    probs : array_like, shape (n, K) or (n,)
+        Class probabilities (``K >= 2`` columns), or P(class 1) when 1-D.
 
     Returns
     -------
     numpy.ndarray, shape (n,)
-        Entropy in nats, between 0 (one-hot) and ``ln 2`` (uniform).
+        Entropy in nats, between 0 (one-hot) and ``ln K`` (uniform).
 
     Raises
     ------
@@ -278,13 +309,14 @@ def reliability_bins(
     Parameters
     ----------
     labels : array_like, shape (n,)
-        True labels, 0 (non-COVID) or 1 (COVID-19).
-    probs : array_like, shape (n, 2) or (n,)
-        Class probabilities, or P(class 1) when 1-D.
+        True class indices in ``0..K-1`` (binary: 0 non-COVID, 1 COVID-19).
+    probs : array_like, shape (n, K) or (n,)
+        Class probabilities (``K >= 2`` columns), or P(class 1) when 1-D.
     n_bins : int, default 15
         Number of equal-width bins on [0, 1]. Bins are right-closed,
-        ``(lower, upper]``, except that the first one also holds confidence 0. With two
-        classes the confidence is at least 0.5, so the lower half of the bins is empty.
+        ``(lower, upper]``, except that the first one also holds confidence 0. The
+        top-label confidence is at least ``1/K`` (0.5 with two classes), so the bins
+        below it are empty.
 
     Returns
     -------
@@ -375,6 +407,33 @@ def _percentile_interval(values: NDArray[np.float64], level: float) -> tuple[flo
     return float(lo), float(hi)
 
 
+def _class_weights(
+    y: NDArray[np.int64],
+    k: int,
+    hit: NDArray[np.float64],
+    weighted_sum: Callable[[NDArray[np.float64]], NDArray[np.float64]],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Weighted size and weighted number of hits of each class, each ``(rows, k)``."""
+    sizes = []
+    hits = []
+    for c in range(k):
+        member = (y == c).astype(np.float64)
+        sizes.append(weighted_sum(member))
+        hits.append(weighted_sum(member * hit))
+    return np.stack(sizes, axis=1), np.stack(hits, axis=1)
+
+
+def _mean_over_present(
+    values: NDArray[np.float64], present: NDArray[np.bool_], min_present: int
+) -> NDArray[np.float64]:
+    """Row means of ``values`` over the present classes; nan with fewer than ``min_present``."""
+    n_present = present.sum(axis=1)
+    total = np.where(present, values, 0.0).sum(axis=1)
+    out = np.full(n_present.shape, np.nan)
+    np.divide(total, n_present, out=out, where=n_present >= min_present)
+    return out
+
+
 def _resampled_metrics(
     y: NDArray[np.int64],
     p2: NDArray[np.float64],
@@ -388,15 +447,16 @@ def _resampled_metrics(
     and the patient bootstrap (:mod:`medrobust.stats`) all evaluate it. Every metric
     except AUROC is a ratio of weighted per-sample sums, so one matrix-vector product
     per sum evaluates it for all rows at once; AUROC uses the weights as tie-aware
-    pair counts (:func:`_auroc_weighted`). Each row is computed independently of the
-    others, so splitting the rows into blocks gives bit-identical results.
+    pair counts (:func:`_auroc_weighted`), once per class for the one-vs-rest AUROCs
+    of more than two classes. Each row is computed independently of the others, so
+    splitting the rows into blocks gives bit-identical results.
 
     Parameters
     ----------
     y : numpy.ndarray of int64, shape (n,)
-        Labels, already validated as 0/1.
-    p2 : numpy.ndarray of float64, shape (n, 2)
-        Class probabilities, already validated.
+        Labels, already validated as class indices in ``0..K-1``.
+    p2 : numpy.ndarray of float64, shape (n, K)
+        Class probabilities, ``K >= 2``, already validated.
     names : sequence of str
         Metric names, each one of ``_BOOTSTRAP_METRICS``.
     weights : numpy.ndarray of float64, shape (rows, n), or None
@@ -412,8 +472,11 @@ def _resampled_metrics(
         definitions of :func:`classification_metrics` applied to the reweighted
         sample: class and hit counts are weighted sums, and means (accuracy, NLL,
         Brier, entropy, positive rate) divide by the row's total weight, the
-        resample's size. nan where a metric is undefined: sensitivity, specificity or
-        AUROC with a class absent from the row, anything in a row of total weight 0.
+        resample's size. A class is present in a row if its samples' weights sum to
+        more than 0. nan where a metric is undefined: sensitivity, specificity or
+        AUROC with fewer than two classes present in the row, anything in a row of
+        total weight 0, and sensitivity, specificity and positive rate whenever
+        ``K > 2``.
 
     Raises
     ------
@@ -433,7 +496,7 @@ def _resampled_metrics(
     >>> bool(np.isclose(w["nll"][0], rep["nll"][0]))
     True
     """
-    n = y.size
+    n, k = p2.shape
     if weights is None:
         total = np.array([float(n)])
 
@@ -452,42 +515,74 @@ def _resampled_metrics(
         return _safe_ratio(weighted_sum(v), total)
 
     preds = np.argmax(p2, axis=1)
-    pos = (y == 1).astype(np.float64)
     hit = (preds == y).astype(np.float64)
-    n_pos = weighted_sum(pos)
-    n_neg = total - n_pos
-    tp = weighted_sum(hit * pos)
-    tn = weighted_sum(hit * (1.0 - pos))
-    sens = _safe_ratio(tp, n_pos)
-    spec = _safe_ratio(tn, n_neg)
+    if k == 2:
+        pos = (y == 1).astype(np.float64)
+        n_pos = weighted_sum(pos)
+        n_neg = total - n_pos
+        tp = weighted_sum(hit * pos)
+        tn = weighted_sum(hit * (1.0 - pos))
+        sens = _safe_ratio(tp, n_pos)
+        spec = _safe_ratio(tn, n_neg)
+    else:
+        # Per-class sizes and hits, only computed when a metric needs them.
+        per_class: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+
+        def class_weights() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+            nonlocal per_class
+            if per_class is None:
+                per_class = _class_weights(y, k, hit, weighted_sum)
+            return per_class
 
     out: dict[str, NDArray[np.float64]] = {}
     for name in names:
         if name == "accuracy":
-            out[name] = _safe_ratio(tp + tn, total)
+            out[name] = _safe_ratio(tp + tn, total) if k == 2 else weighted_mean(hit)
         elif name == "sensitivity":
-            out[name] = sens
+            out[name] = sens if k == 2 else np.full(total.shape, np.nan)
         elif name == "specificity":
-            out[name] = spec
+            out[name] = spec if k == 2 else np.full(total.shape, np.nan)
         elif name == "balanced_accuracy":
-            # With one class absent the recall of the other is all that is estimable;
-            # sklearn.metrics.balanced_accuracy_score makes the same choice.
-            out[name] = np.where(
-                (n_pos > 0) & (n_neg > 0), (sens + spec) / 2.0, np.where(n_pos > 0, sens, spec)
-            )
+            # Mean recall over the classes present; with one class present that
+            # class's recall. sklearn.metrics.balanced_accuracy_score does the same.
+            if k == 2:
+                out[name] = np.where(
+                    (n_pos > 0) & (n_neg > 0),
+                    (sens + spec) / 2.0,
+                    np.where(n_pos > 0, sens, spec),
+                )
+            else:
+                sizes, hits = class_weights()
+                out[name] = _mean_over_present(_safe_ratio(hits, sizes), sizes > 0, 1)
         elif name == "auroc":
             counts = np.ones((1, n)) if weights is None else weights
-            out[name] = _auroc_weighted(counts, p2[:, 1], y)
+            if k == 2:
+                out[name] = _auroc_weighted(counts, p2[:, 1], y)
+            else:
+                # Macro one-vs-rest: class c against all others, averaged over the
+                # classes present. An absent class has no positives and no AUROC.
+                sizes, _ = class_weights()
+                ovr = np.stack(
+                    [_auroc_weighted(counts, p2[:, c], (y == c).astype(np.int64))
+                     for c in range(k)],
+                    axis=1,
+                )
+                out[name] = _mean_over_present(ovr, sizes > 0, 2)
         elif name == "nll":
             p_true = np.clip(p2[np.arange(n), y], _NLL_CLIP, 1.0)
             out[name] = weighted_mean(-np.log(p_true))
         elif name == "brier":
-            onehot = np.stack([1.0 - pos, pos], axis=1)
+            onehot = np.zeros((n, k))
+            onehot[np.arange(n), y] = 1.0
             out[name] = weighted_mean(np.sum((p2 - onehot) ** 2, axis=1))
         elif name == "entropy":
             out[name] = weighted_mean(predictive_entropy(probs=p2))
         elif name == "positive_rate":
-            out[name] = weighted_mean((preds == 1).astype(np.float64))
+            out[name] = (
+                weighted_mean((preds == 1).astype(np.float64))
+                if k == 2
+                else np.full(total.shape, np.nan)
+            )
         else:
             raise ValueError(
                 f"unknown metric {name!r}; supported: {', '.join(_BOOTSTRAP_METRICS)}"
@@ -499,14 +594,19 @@ def _resampled_metrics(
 
 
 def classification_metrics(*, labels: ArrayLike, probs: ArrayLike) -> dict[str, float]:
-    """Discrimination, calibration and degeneracy metrics of binary predictions.
+    """Discrimination, calibration and degeneracy metrics of K-class predictions.
+
+    The keys are the same for every number of classes ``K >= 2``; with ``K = 2`` every
+    value is the binary one (P(class 1) is the score, class 1 the positive class).
 
     Parameters
     ----------
     labels : array_like, shape (n,)
-        True labels, 0 (non-COVID) or 1 (COVID-19).
-    probs : array_like, shape (n, 2) or (n,)
-        Class probabilities with rows summing to 1, or P(class 1) when 1-D.
+        True class indices in ``0..K-1``; for the binary task 0 (non-COVID) or 1
+        (COVID-19). Whole-number floats are accepted.
+    probs : array_like, shape (n, K) or (n,)
+        Class probabilities, ``K >= 2`` columns with rows summing to 1 (``K`` is the
+        number of columns), or P(class 1) of a binary task when 1-D.
 
     Returns
     -------
@@ -514,21 +614,30 @@ def classification_metrics(*, labels: ArrayLike, probs: ArrayLike) -> dict[str, 
         ``n``
             Number of samples.
         ``accuracy``
-            Fraction of ``argmax`` predictions equal to the label (ties go to class 0).
+            Fraction of ``argmax`` predictions equal to the label (ties go to the lower
+            class index).
         ``balanced_accuracy``
-            Mean of sensitivity and specificity; if one class is absent from
-            ``labels``, the recall of the class that is present.
+            Mean recall over the classes present in ``labels``, equal to
+            ``sklearn.metrics.balanced_accuracy_score``. Binary: the mean of
+            sensitivity and specificity, or the recall of the only class present.
         ``sensitivity``, ``specificity``
-            Recall of class 1 and of class 0; nan if that class is absent.
+            Binary only: recall of class 1 and of class 0; nan if that class is
+            absent. Always nan for ``K > 2`` (see :func:`per_class_recall`).
         ``auroc``
-            Area under the ROC curve of P(class 1), equal to
-            ``sklearn.metrics.roc_auc_score``; nan if only one class is present.
+            Binary: area under the ROC curve of P(class 1), equal to
+            ``sklearn.metrics.roc_auc_score``. ``K > 2``: macro one-vs-rest AUROC,
+            the mean over the classes present in ``labels`` of the AUROC of
+            ``probs[:, c]`` for class ``c`` against all others; equal to
+            ``roc_auc_score(labels, probs, multi_class="ovr", average="macro")`` when
+            every class is present. A class absent from ``labels`` has no one-vs-rest
+            AUROC and is left out of the mean (scikit-learn raises instead). nan if
+            fewer than two classes are present.
         ``nll``
             Mean negative log-likelihood of the true class in nats, probabilities
             clipped below at 1e-12.
         ``brier``
-            Mean over samples of the squared error summed over both classes against
-            the one-hot label (range [0, 2]).
+            Mean over samples of the squared error summed over the ``K`` classes
+            against the one-hot label (range [0, 2]).
         ``ece``
             Top-label expected calibration error, 15 equal-width confidence bins,
             weighted by bin counts.
@@ -536,14 +645,15 @@ def classification_metrics(*, labels: ArrayLike, probs: ArrayLike) -> dict[str, 
             Debiased top-label L2 calibration error of Kumar et al. (2019) with 15
             equal-mass bins; equals ``calibration.lower_bound_scaling_ce(probs2d,
             labels, p=2, debias=True, num_bins=15, binning_scheme=get_equal_bins,
-            mode='top-label')``. Exactly 0 when the estimated squared error is
-            negative, which is common on small, well-calibrated test sets.
+            mode='top-label')`` for any ``K``. Exactly 0 when the estimated squared
+            error is negative, which is common on small, well-calibrated test sets.
         ``rmsce_plugin``
-            The same without the debiasing term.
+            The same without the debiasing term (``debias=False``).
         ``entropy``
-            Mean predictive entropy in nats, at most ``ln 2``.
+            Mean predictive entropy in nats, at most ``ln K``.
         ``positive_rate``
-            Fraction of samples predicted COVID-19.
+            Binary only: fraction of samples predicted COVID-19 (class 1). nan for
+            ``K > 2``.
         ``majority_fraction``
             Fraction of samples in the most frequently predicted class.
         ``degenerate``
@@ -553,7 +663,8 @@ def classification_metrics(*, labels: ArrayLike, probs: ArrayLike) -> dict[str, 
     ------
     ValueError
         If the inputs are empty, their lengths differ, ``probs`` has the wrong shape,
-        lies outside [0, 1] or has rows not summing to 1, or ``labels`` is not 0/1.
+        lies outside [0, 1] or has rows not summing to 1, or ``labels`` holds values
+        that are not class indices in ``0..K-1``.
 
     Examples
     --------
@@ -573,6 +684,22 @@ def classification_metrics(*, labels: ArrayLike, probs: ArrayLike) -> dict[str, 
     and {0.9, 0.9} (tied edges merge); one-sample bins add nothing to the debiased
     estimate, so ``rmsce = sqrt(2/4 * (0.9 - 1) ** 2)`` while
     ``rmsce_plugin = sqrt(0.36/4 + 0.09/4 + 2/4 * 0.01)``.
+
+    Three classes; the binary-only metrics are nan:
+
+    >>> m = classification_metrics(
+    ...     labels=[0, 0, 1, 1, 2, 2],
+    ...     probs=[[0.7, 0.2, 0.1], [0.3, 0.5, 0.2], [0.2, 0.6, 0.2],
+    ...            [0.1, 0.8, 0.1], [0.4, 0.0, 0.6], [0.1, 0.3, 0.6]])
+    >>> {k: round(v, 4) for k, v in m.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'n': 6.0, 'accuracy': 0.8333, 'balanced_accuracy': 0.8333, 'sensitivity': nan,
+     'specificity': nan, 'auroc': 0.9583, 'nll': 0.5527, 'brier': 0.3, 'ece': 0.3667,
+     'rmsce': 0.2828, 'rmsce_plugin': 0.3786, 'entropy': 0.832, 'positive_rate': nan,
+     'majority_fraction': 0.5, 'degenerate': 0.0}
+
+    Only the second sample is wrong, so the recalls are 1/2, 1 and 1. The one-vs-rest
+    AUROCs are 7/8 for class 0 (the class-2 sample with P(class 0) = 0.4 outranks the
+    second class-0 sample, 0.3) and 1 for classes 1 and 2.
     """
     y, p2 = _check_inputs(labels, probs)
     n = y.size
@@ -598,7 +725,7 @@ def classification_metrics(*, labels: ArrayLike, probs: ArrayLike) -> dict[str, 
         "rmsce": _l2_ce(conf, correct, _N_CALIBRATION_BINS, debias=True),
         "rmsce_plugin": _l2_ce(conf, correct, _N_CALIBRATION_BINS, debias=False),
         "entropy": float(np.mean(predictive_entropy(probs=p2))),
-        "positive_rate": float(np.mean(preds == 1)),
+        "positive_rate": float(np.mean(preds == 1)) if p2.shape[1] == 2 else float("nan"),
         "majority_fraction": majority,
         "degenerate": 1.0 if majority >= DEGENERATE_THRESHOLD else 0.0,
     }
@@ -647,13 +774,14 @@ def bootstrap_ci(
     Parameters
     ----------
     labels : array_like, shape (n,)
-        True labels, 0 (non-COVID) or 1 (COVID-19).
-    probs : array_like, shape (n, 2) or (n,)
-        Class probabilities, or P(class 1) when 1-D.
+        True class indices in ``0..K-1`` (binary: 0 non-COVID, 1 COVID-19).
+    probs : array_like, shape (n, K) or (n,)
+        Class probabilities (``K >= 2`` columns), or P(class 1) when 1-D.
     metrics : sequence of str
         Any of ``accuracy``, ``balanced_accuracy``, ``sensitivity``, ``specificity``,
         ``auroc``, ``nll``, ``brier``, ``entropy``, ``positive_rate``; each has the
-        definition used by :func:`classification_metrics`.
+        definition used by :func:`classification_metrics` (so ``sensitivity``,
+        ``specificity`` and ``positive_rate`` give ``(nan, nan)`` for ``K > 2``).
     n_boot : int, default 1000
         Number of resamples.
     seed : int, default 0
@@ -666,9 +794,10 @@ def bootstrap_ci(
     dict of str to (float, float)
         ``(lower, upper)`` percentiles per requested metric. Resamples in which a
         metric is undefined (sensitivity, specificity or AUROC when a class is missing
-        from the resample) are left out; if it is undefined in every resample the
-        interval is ``(nan, nan)``. Balanced accuracy of a one-class resample is the
-        recall of the class present, as for the point estimate.
+        from the resample, AUROC with fewer than two classes in it) are left out; if it
+        is undefined in every resample the interval is ``(nan, nan)``. Balanced
+        accuracy and the macro AUROC of a resample average over the classes present
+        in it, as the point estimates do.
 
     Raises
     ------
@@ -690,3 +819,92 @@ def bootstrap_ci(
         name: _percentile_interval(np.concatenate([b[name] for b in blocks]), level)
         for name in names
     }
+
+
+def confusion_matrix(*, labels: ArrayLike, preds: ArrayLike, num_classes: int) -> NDArray[np.int64]:
+    """Counts of (true class, predicted class) pairs.
+
+    Parameters
+    ----------
+    labels : array_like, shape (n,)
+        True class indices in ``0..num_classes-1``.
+    preds : array_like, shape (n,)
+        Predicted class indices in ``0..num_classes-1``, e.g. ``probs.argmax(axis=1)``.
+    num_classes : int
+        Number of classes ``K >= 2``; classes that occur in neither array still get a
+        row and a column.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (K, K)
+        ``out[i, j]`` is the number of samples of true class ``i`` predicted as class
+        ``j``: rows are true classes, columns predictions, as in
+        ``sklearn.metrics.confusion_matrix(labels, preds, labels=range(K))``.
+
+    Raises
+    ------
+    ValueError
+        If ``num_classes`` is not an integer >= 2, the arrays are not 1-D, differ in
+        length or hold values outside ``0..num_classes-1``.
+
+    Examples
+    --------
+    >>> confusion_matrix(labels=[0, 0, 1, 2, 2, 2], preds=[0, 1, 1, 2, 2, 0], num_classes=3)
+    array([[1, 1, 0],
+           [0, 1, 0],
+           [1, 0, 2]])
+    """
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, (int, np.integer))
+        or num_classes < 2
+    ):
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    k = int(num_classes)
+    y_arr = np.asarray(labels)
+    if y_arr.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {y_arr.shape}")
+    n = y_arr.shape[0]
+    y = _as_class_indices(y_arr, name="labels", k=k, n=n, n_source="")
+    pred = _as_class_indices(preds, name="preds", k=k, n=n, n_source=f"labels has {n}")
+    return np.bincount(y * k + pred, minlength=k * k).reshape(k, k).astype(np.int64)
+
+
+def per_class_recall(*, labels: ArrayLike, probs: ArrayLike) -> NDArray[np.float64]:
+    """Recall (sensitivity) of each class: the fraction of its samples predicted as it.
+
+    Parameters
+    ----------
+    labels : array_like, shape (n,)
+        True class indices in ``0..K-1``.
+    probs : array_like, shape (n, K) or (n,)
+        Class probabilities (``K >= 2`` columns), or P(class 1) when 1-D. The
+        prediction is ``argmax`` (ties go to the lower class index).
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (K,)
+        Recall of classes ``0..K-1``, equal to ``sklearn.metrics.recall_score(labels,
+        preds, average=None, labels=range(K))`` for the classes present; nan for a class
+        absent from ``labels`` (scikit-learn reports 0 with a warning). For ``K = 2``
+        it is ``[specificity, sensitivity]``; its mean over the non-nan entries is the
+        ``balanced_accuracy`` of :func:`classification_metrics`.
+
+    Raises
+    ------
+    ValueError
+        On invalid inputs, as for :func:`classification_metrics`.
+
+    Examples
+    --------
+    >>> probs = [[0.7, 0.2, 0.1, 0.0], [0.3, 0.5, 0.2, 0.0], [0.2, 0.6, 0.1, 0.1],
+    ...          [0.2, 0.1, 0.6, 0.1], [0.1, 0.3, 0.5, 0.1], [0.5, 0.2, 0.2, 0.1]]
+    >>> per_class_recall(labels=[0, 0, 1, 2, 2, 2], probs=probs).round(4).tolist()
+    [0.5, 1.0, 0.6667, nan]
+    """
+    y, p2 = _check_inputs(labels, probs)
+    k = p2.shape[1]
+    hit = (np.argmax(p2, axis=1) == y).astype(np.float64)
+    sizes = np.bincount(y, minlength=k).astype(np.float64)
+    hits = np.bincount(y, weights=hit, minlength=k)
+    return _safe_ratio(hits, sizes)

@@ -1,90 +1,380 @@
-"""ResNet-18 for 1-channel chest X-rays in [0, 1], normalising inside ``forward`` (RobustBench style)."""
+"""torchvision networks for chest X-rays in [0, 1], normalising inside ``forward`` (RobustBench style).
+
+:class:`XrayNet` wraps any network of the registry (:class:`medrobust.choices.Arch`): its first
+convolution takes 1 (grey) or 3 (the grey image repeated to RGB) channels, its head gives
+``num_classes`` logits, and the normalisation is a pair of buffers, so attacks and corruptions
+work in pixel units and never see it. The paper's model is the default: ResNet-18, 1 channel, 2
+classes, whose state dict (``net.*``, ``mean``, ``std``) is the one the shipped checkpoints hold.
+
+Every architecture is also described as a stem, four feature stages and a head
+(:func:`stages`, :func:`head`), so Grad-CAM can replay the forward pass without hooks:
+
+============================  ==========================================  ===============================
+arch                          stages (output stride 4, 8, 16, 32)         torchvision modules
+============================  ==========================================  ===============================
+resnet18/34/50                ``layer1`` .. ``layer4``                    ``layer1`` .. ``layer4``
+densenet121                   ``denseblock1`` .. ``denseblock4``          transition i-1 + denseblock i
+                                                                          (``denseblock4`` ends with
+                                                                          ``norm5`` and the ReLU that
+                                                                          torchvision's forward applies)
+efficientnet_b0               ``stage1`` .. ``stage4``                    ``features[1:3]``, ``[3:4]``,
+                                                                          ``[4:6]``, ``[6:9]``
+mobilenet_v3_large            ``stage1`` .. ``stage4``                    ``features[1:4]``, ``[4:7]``,
+                                                                          ``[7:13]``, ``[13:17]``
+convnext_tiny                 ``stage1`` .. ``stage4``                    ``features[1:2]``, ``[2:4]``,
+                                                                          ``[4:6]``, ``[6:8]`` (each
+                                                                          with its downsampling)
+============================  ==========================================  ===============================
+"""
 
 from __future__ import annotations
 
 import copy
+import math
+import operator
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torchvision.models import resnet18
+
+from medrobust.choices import Arch, parse_choice
 
 #: ImageNet's channel statistics averaged over RGB, so summed ImageNet conv1 weights see familiar inputs.
 GREY_MEAN = 0.449
 GREY_STD = 0.226
+#: ImageNet's RGB statistics, the default normalisation of a 3-channel model.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = 2
+DEFAULT_ARCH = Arch.RESNET18.value
+
+#: Module paths inside ``XrayNet.net``: the first convolution and the final Linear (the head).
+_FIRST_CONV = {"densenet121": "features.conv0", "efficientnet_b0": "features.0.0",
+               "mobilenet_v3_large": "features.0.0", "convnext_tiny": "features.0.0"}
+_HEAD = {"densenet121": "classifier", "efficientnet_b0": "classifier.1",
+         "mobilenet_v3_large": "classifier.3", "convnext_tiny": "classifier.2"}
+#: ``features`` index bounds of the stem and the four stages (stem = features[0:b[0]]).
+_BOUNDS = {"efficientnet_b0": (1, 3, 4, 6, 9), "mobilenet_v3_large": (1, 4, 7, 13, 17),
+           "convnext_tiny": (1, 2, 4, 6, 8)}
+_RESNETS = ("resnet18", "resnet34", "resnet50")
 
 
-class XrayResNet(nn.Module):
-    """torchvision ResNet-18 with one input channel and two outputs.
+def first_conv_name(arch: str | Arch) -> str:
+    """Module path of the first convolution inside ``XrayNet.net`` (e.g. ``conv1``, ``features.conv0``)."""
+    arch = parse_choice(Arch, arch).value
+    return "conv1" if arch in _RESNETS else _FIRST_CONV[arch]
 
-    Inputs are (N, 1, H, W) in [0, 1]; the normalisation is a pair of buffers, so attacks and
-    corruptions work in pixel units and never see it.
+
+def head_name(arch: str | Arch) -> str:
+    """Module path of the final Linear inside ``XrayNet.net`` (e.g. ``fc``, ``classifier.1``)."""
+    arch = parse_choice(Arch, arch).value
+    return "fc" if arch in _RESNETS else _HEAD[arch]
+
+
+def _stats(name: str, value: float | Sequence[float] | torch.Tensor | None, default: Sequence[float],
+           in_channels: int) -> list[float]:
+    if value is None:
+        return list(default)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().flatten().tolist()
+    elif isinstance(value, (int, float)):
+        value = [value]
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {in_channels} number(s), got {value!r}.") from None
+    if len(out) != in_channels:
+        raise ValueError(f"{name} needs {in_channels} value(s) for {in_channels} input channel(s), got {len(out)}: {out}.")
+    if not all(math.isfinite(v) for v in out) or (name == "std" and min(out) <= 0):
+        raise ValueError(f"{name} must be finite{' and positive' if name == 'std' else ''}, got {out}.")
+    return out
+
+
+def _count(name: str, value: Any) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}.") from None
+
+
+class XrayNet(nn.Module):
+    """A torchvision network for grey chest X-rays, with the normalisation inside.
+
+    Parameters
+    ----------
+    arch
+        A registry name (:class:`medrobust.choices.Arch`), default ``resnet18`` (the paper's).
+    num_classes
+        Number of logits (>= 2).
+    in_channels
+        1: the first convolution takes the grey image; 3: the grey image is repeated to RGB first
+        (for networks trained on RGB images).
+    mean, std
+        Per-channel normalisation (``in_channels`` values each); default :data:`GREY_MEAN` /
+        :data:`GREY_STD` for 1 channel, ImageNet's RGB statistics for 3.
+
+    Notes
+    -----
+    Inputs are (N, 1, H, W) in [0, 1] (a 3-channel model also accepts (N, 3, H, W)); outputs are
+    (N, ``num_classes``) logits. The torchvision network is ``self.net`` (built with
+    ``weights=None``; see :func:`load_imagenet_into`); buffers ``mean`` and ``std`` have shape
+    (1, ``in_channels``, 1, 1). For resnet18 / 1 channel / 2 classes the state dict is exactly
+    the one of the earlier ``XrayResNet``, so its checkpoints load unchanged.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, arch: str | Arch = DEFAULT_ARCH, num_classes: int = NUM_CLASSES, in_channels: int = 1,
+                 mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None) -> None:
         super().__init__()
-        net = resnet18(weights=None, num_classes=NUM_CLASSES)
-        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        arch = parse_choice(Arch, arch).value
+        num_classes = _count("num_classes", num_classes)
+        in_channels = _count("in_channels", in_channels)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (grey) or 3 (grey repeated to RGB), got {in_channels}.")
+        grey = in_channels == 1
+        mean_v = _stats("mean", mean, [GREY_MEAN] if grey else IMAGENET_MEAN, in_channels)
+        std_v = _stats("std", std, [GREY_STD] if grey else IMAGENET_STD, in_channels)
+
+        from torchvision.models import get_model
+
+        net = get_model(arch, weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            parent_name, _, child = first_conv_name(arch).rpartition(".")
+            parent = net.get_submodule(parent_name) if parent_name else net
+            old = getattr(parent, child)
+            setattr(parent, child, nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size,
+                                             stride=old.stride, padding=old.padding, dilation=old.dilation,
+                                             groups=old.groups, bias=old.bias is not None,
+                                             padding_mode=old.padding_mode))
         self.net = net
-        self.register_buffer("mean", torch.tensor(GREY_MEAN).view(1, 1, 1, 1))
-        self.register_buffer("std", torch.tensor(GREY_STD).view(1, 1, 1, 1))
+        self.arch = arch
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.register_buffer("mean", torch.tensor(mean_v, dtype=torch.float32).view(1, in_channels, 1, 1))
+        self.register_buffer("std", torch.tensor(std_v, dtype=torch.float32).view(1, in_channels, 1, 1))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) in [0, 1] -> the network's input (N, ``in_channels``, H, W), normalised."""
+        if self.in_channels != 1 and x.shape[1] == 1:
+            x = x.expand(-1, self.in_channels, -1, -1)
+        return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        """Logits (N, ``num_classes``) of images (N, 1, H, W) in [0, 1]."""
+        return self.net(self.normalise(x))
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch}, num_classes={self.num_classes}, in_channels={self.in_channels}"
 
 
-def build_model() -> XrayResNet:
-    """A freshly initialised model (torchvision's default init)."""
-    return XrayResNet()
+#: The earlier name (ResNet-18 only); ``XrayResNet()`` still builds the paper's model.
+XrayResNet = XrayNet
 
 
-def fold_batchnorm(model: XrayResNet) -> XrayResNet:
-    """An inference-only copy of ``model`` with every BatchNorm folded into the conv before it.
+def build_model(*, arch: str | Arch = DEFAULT_ARCH, num_classes: int = NUM_CLASSES, in_channels: int = 1,
+                mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None) -> XrayNet:
+    """A freshly initialised :class:`XrayNet` (torchvision's default init); no arguments: the paper's model.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``arch``, ``num_classes`` < 2, ``in_channels`` not 1 or 3, or ``mean``/``std`` of the
+        wrong length (``std`` must be positive).
+    """
+    return XrayNet(arch=arch, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
+
+
+def _short(v: float) -> float:
+    """The shortest decimal that round-trips through float32 (0.449, not 0.44900000095367432)."""
+    import numpy as np
+
+    return float(str(np.float32(v)))
+
+
+def model_spec(model: XrayNet) -> dict[str, Any]:
+    """What rebuilds ``model``'s architecture: ``{"arch", "num_classes", "in_channels", "mean", "std"}``.
+
+    JSON-ready (``mean``/``std`` are lists of ``in_channels`` floats); :func:`build_from_spec` inverts it.
+    """
+    if not isinstance(model, XrayNet):
+        raise TypeError(f"model_spec expects an XrayNet, got {type(model).__name__}.")
+    return {"arch": model.arch, "num_classes": model.num_classes, "in_channels": model.in_channels,
+            "mean": [_short(v) for v in model.mean.detach().flatten().tolist()],
+            "std": [_short(v) for v in model.std.detach().flatten().tolist()]}
+
+
+def build_from_spec(spec: dict[str, Any]) -> XrayNet:
+    """A fresh :class:`XrayNet` as described by ``spec`` (e.g. a checkpoint card; other keys are ignored).
+
+    Missing keys take the paper's defaults: resnet18, 2 classes, 1 channel, grey statistics (the
+    default statistics of the channel count when ``mean``/``std`` are missing).
+    """
+    return XrayNet(arch=spec.get("arch") or DEFAULT_ARCH, num_classes=spec.get("num_classes", NUM_CLASSES),
+                   in_channels=spec.get("in_channels", 1), mean=spec.get("mean"), std=spec.get("std"))
+
+
+# ----------------------------------------------------------------------------- stages and head
+
+def _check(model: Any, what: str) -> XrayNet:
+    if not isinstance(model, XrayNet):
+        raise TypeError(f"{what} expects an XrayNet (XrayResNet), got {type(model).__name__}.")
+    return model
+
+
+def stages(model: XrayNet) -> list[tuple[str, nn.Module]]:
+    """The feature extractor of ``model.net`` as ordered ``(name, module)`` pairs: ``stem``, then four stages.
+
+    Applying them in turn to ``model.normalise(x)`` and then :func:`head` computes ``model(x)``
+    exactly. Stage names are those of :func:`cam_layers` (see the module docstring); composite
+    stages are fresh ``nn.Sequential`` containers around the model's own modules, so nothing in
+    ``model`` is changed (safe on a model shared between threads).
+    """
+    net = _check(model, "stages").net
+    arch = model.arch
+    if arch in _RESNETS:
+        return [("stem", nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)),
+                *((f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, 5))]
+    f = net.features
+    if arch == "densenet121":
+        return [("stem", nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0)),
+                ("denseblock1", f.denseblock1),
+                ("denseblock2", nn.Sequential(f.transition1, f.denseblock2)),
+                ("denseblock3", nn.Sequential(f.transition2, f.denseblock3)),
+                ("denseblock4", nn.Sequential(f.transition3, f.denseblock4, f.norm5, nn.ReLU()))]
+    b = _BOUNDS[arch]
+    return [("stem", f[: b[0]]), *((f"stage{i + 1}", f[b[i] : b[i + 1]]) for i in range(4))]
+
+
+def head(model: XrayNet, h: torch.Tensor) -> torch.Tensor:
+    """Logits (N, K) from the last stage's output ``h`` (N, C, h, w), as torchvision's forward goes on.
+
+    Pooling, flattening and the classifier; never in place (``h`` may be a leaf that requires grad).
+    """
+    net = _check(model, "head").net
+    arch = model.arch
+    if arch in _RESNETS:
+        return net.fc(torch.flatten(net.avgpool(h), 1))
+    if arch == "densenet121":  # torchvision's F.relu after norm5 is the end of stage denseblock4
+        return net.classifier(torch.flatten(F.adaptive_avg_pool2d(h, (1, 1)), 1))
+    if arch == "convnext_tiny":
+        return net.classifier(net.avgpool(h))
+    return net.classifier(torch.flatten(net.avgpool(h), 1))
+
+
+def cam_layers(model: XrayNet | str | Arch) -> tuple[str, ...]:
+    """Names of the Grad-CAM layers (the four stages), shallow -> deep; a model or an arch name.
+
+    ``("layer1", .., "layer4")`` for ResNets, ``("denseblock1", .., "denseblock4")`` for DenseNet,
+    ``("stage1", .., "stage4")`` for EfficientNet, MobileNetV3 and ConvNeXt; stage i ends at output
+    stride 2**(i+1) in every architecture.
+    """
+    arch = model.arch if isinstance(model, XrayNet) else parse_choice(Arch, model).value
+    if arch in _RESNETS:
+        return ("layer1", "layer2", "layer3", "layer4")
+    if arch == "densenet121":
+        return ("denseblock1", "denseblock2", "denseblock3", "denseblock4")
+    return ("stage1", "stage2", "stage3", "stage4")
+
+
+# ----------------------------------------------------------------------------- BatchNorm folding
+
+def fold_batchnorm(model: XrayNet) -> XrayNet:
+    """An inference-only copy of ``model`` with every BatchNorm folded into the conv before it (ResNets only).
 
     In eval mode a BatchNorm is a fixed affine map, so the copy computes the same function (to
     float rounding, ~1e-6) and the same input gradients, which is all attacks need. Measured here
-    (128 px, one thread, forward + input backward): 1.20x faster for a batch of 32, 1.28x for
-    one image. The copy is in eval mode and must not be trained; ``model`` is left untouched.
+    (ResNet-18, 128 px, one thread, forward + input backward): 1.20x faster for a batch of 32,
+    1.28x for one image. Folding is implemented for the ResNet family (resnet18/34/50, basic and
+    bottleneck blocks); for any other architecture the result is an unchanged eval-mode copy. The
+    copy is in eval mode and must not be trained; ``model`` is left untouched.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not an :class:`XrayNet`.
     """
-    if not isinstance(model, XrayResNet):
-        raise TypeError(f"fold_batchnorm expects an XrayResNet, got {type(model).__name__}.")
+    if not isinstance(model, XrayNet):
+        raise TypeError(f"fold_batchnorm expects an XrayNet (XrayResNet), got {type(model).__name__}.")
     folded = copy.deepcopy(model).eval()
+    if folded.arch not in _RESNETS:
+        return folded
     net = folded.net
     if isinstance(net.bn1, nn.Identity):
         return folded  # folded already
     net.conv1, net.bn1 = fuse_conv_bn_eval(net.conv1, net.bn1), nn.Identity()
     for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
         for block in layer:
-            block.conv1, block.bn1 = fuse_conv_bn_eval(block.conv1, block.bn1), nn.Identity()
-            block.conv2, block.bn2 = fuse_conv_bn_eval(block.conv2, block.bn2), nn.Identity()
+            for i in (1, 2, 3):  # BasicBlock: conv1, conv2; Bottleneck: conv1..conv3
+                conv = getattr(block, f"conv{i}", None)
+                if conv is not None:
+                    setattr(block, f"conv{i}", fuse_conv_bn_eval(conv, getattr(block, f"bn{i}")))
+                    setattr(block, f"bn{i}", nn.Identity())
             if block.downsample is not None:
                 block.downsample = nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
     return folded
 
 
+# ----------------------------------------------------------------------------- ImageNet weights
+
 IMAGENET_WEIGHTS_FILE = "resnet18-f37072fd.pth"
+_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
-def load_imagenet_into(model: XrayResNet) -> None:
-    """Copy torchvision's ImageNet ResNet-18 weights in, summing conv1 over RGB and dropping fc.
+def fix_legacy_keys(arch: str | Arch, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with torchvision's old DenseNet key names (``norm.1.weight``) renamed (``norm1.weight``)."""
+    if parse_choice(Arch, arch).value != "densenet121":
+        return state
+    out = {}
+    for k, v in state.items():
+        m = _DENSENET_LEGACY.match(k)
+        out[m.group(1) + m.group(2) if m else k] = v
+    return out
 
-    Uses the torch hub cache (``$TORCH_HOME/hub/checkpoints``); offline, place the file there.
+
+def load_imagenet_into(model: XrayNet) -> None:
+    """Copy torchvision's ImageNet weights of ``model.arch`` into ``model.net``, dropping the classifier.
+
+    Uses the architecture's default weights (``torchvision.models.get_model_weights(arch).DEFAULT``;
+    for resnet18 ``IMAGENET1K_V1``). For a 1-channel model the first convolution is summed over
+    RGB (the grey statistics are ImageNet's averaged over RGB, so it sees familiar inputs). The
+    final Linear keeps its fresh initialisation. Uses the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints``); offline, place the file there.
+
+    Raises
+    ------
+    RuntimeError
+        If the weights cannot be had (the message says where to put the file) or do not fit.
     """
-    from torchvision.models import ResNet18_Weights
+    from torchvision.models import get_model_weights
 
+    model = _check(model, "load_imagenet_into")
+    weights = get_model_weights(model.arch).DEFAULT
     hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
     try:
-        state = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        state = weights.get_state_dict(progress=False)
     except Exception as exc:
         raise RuntimeError(
-            f"Cannot get torchvision's ImageNet weights ({type(exc).__name__}); offline, download "
-            f"{ResNet18_Weights.IMAGENET1K_V1.url} and put it at {hub / IMAGENET_WEIGHTS_FILE}."
+            f"Cannot get torchvision's ImageNet weights for {model.arch} ({type(exc).__name__}); offline, "
+            f"download {weights.url} and put it at {hub / Path(urlparse(weights.url).path).name}."
         ) from None
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
-    missing, unexpected = model.net.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+    state = fix_legacy_keys(model.arch, dict(state))
+    head_prefix, conv_key = head_name(model.arch) + ".", first_conv_name(model.arch) + ".weight"
+    state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
+    if model.in_channels == 1 and conv_key in state:
+        state[conv_key] = state[conv_key].sum(dim=1, keepdim=True)
+    try:
+        missing, unexpected = model.net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise RuntimeError(f"ImageNet weights do not fit the {model.arch}: {str(exc)[:300]}") from None
+    if unexpected or set(missing) - {head_prefix + "weight", head_prefix + "bias"}:
         raise RuntimeError(f"ImageNet weights do not fit the model: missing {missing}, unexpected {unexpected}.")

@@ -253,6 +253,9 @@ def render_report(results: Sequence[dict[str, Any]]) -> str:
         if std is not None:
             parts += ["", "#### Severity check: the standard model at every level", table_levels(std, metric="auroc"),
                       "", table_levels(std, metric="balanced_accuracy")]
+    audit = table_audit(results)
+    if audit:
+        parts += ["", "### Shortcut audit (lungs blanked, border blanked, Grad-CAM mass)", audit]
     parts += ["", "### The paper's figures, for comparison", paper.paper_tables_markdown()]
     warns = [r for r in results if r.get("degenerate")]
     for r in warns:
@@ -263,6 +266,42 @@ def render_report(results: Sequence[dict[str, Any]]) -> str:
     for name, s in sanity:
         parts.append(f"\n**Attack sanity:** {name}: monotone={s.get('monotone_in_eps')}, restart gap={s.get('restart_gap')}")
     return "\n".join(parts)
+
+
+def audit_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per audited result: balanced accuracy / AUROC clean, lungs blanked, border blanked; CAM share."""
+    rows = []
+    for r in results:
+        a = r.get("audit")
+        if not a:
+            continue
+        cond = a["masking"]["conditions"]
+        cam = a.get("cam") or {}
+
+        def pair(c: str) -> str:
+            m = cond[c]
+            return (f"{100 * m['balanced_accuracy']:.0f} % / {m['auroc']:.2f}"
+                    if m.get("balanced_accuracy") is not None and m.get("auroc") is not None else "–")
+
+        inside = cam.get("mass_fraction_inside")
+        rows.append({"model": r["name"], "clean (bal. acc / AUROC)": pair("clean"),
+                     "lungs blanked": pair("lungs_blanked"), "border blanked": pair("border_blanked"),
+                     "Grad-CAM mass in the central field": (f"{100 * inside:.0f} % (area {100 * cam['area_fraction']:.0f} %)"
+                                                            if inside is not None else "–"),
+                     "flags": ", ".join(k.replace("_", " ") for k, v in a.get("flags", {}).items() if v) or "none"})
+    return rows
+
+
+def table_audit(results: Sequence[dict[str, Any]]) -> str:
+    """The shortcut audit of every audited result, with its verdicts, as Markdown ('' when none is audited)."""
+    rows = audit_rows(results)
+    if not rows:
+        return ""
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows]
+    verdicts = [f"- {r['name']}: {v}" for r in results for v in (r.get("audit") or {}).get("verdicts", [])]
+    return "\n".join(lines + ([""] + verdicts if verdicts else []))
 
 
 # --------------------------------------------------------------------------- rows for the dashboard
@@ -372,18 +411,28 @@ def clinical_reading(results: Sequence[dict[str, Any]]) -> list[str]:
         out.append(f"All numbers come from **{n_test} held-out test images** ({per}) of patients the models never "
                    "saw in training. With so few images the 95 % intervals are wide: differences of a few "
                    "points between models are not evidence that one is better.")
-    out.append("**Accuracy** counts how many images are classified correctly; because the test set holds many "
-               "more COVID-19 than non-COVID images, a model that always says COVID-19 scores high. **Balanced "
-               "accuracy** averages the hit rate of both classes (50 % = guessing), so read it first.")
+    classes = list(res[0].get("classes") or ("non-COVID", "COVID-19"))
+    k = len(classes)
+    if npc:
+        common = max(npc, key=npc.get)
+        out.append(f"**Accuracy** counts how many images are classified correctly; because the test set holds more "
+                   f"{common} than other images, a model that always says {common} scores high. **Balanced accuracy** "
+                   f"averages the hit rate of the {k} classes ({100 / k:.0f} % = guessing), so read it first.")
     for r in bad:
         out.append(f"⚠ **{r['name']}** gives the same answer for {100 * r.get('majority_fraction', 1):.0f} % of "
                    "images. It does not tell patients apart, and its robustness numbers mean nothing.")
     if usable:
         best = max(usable, key=lambda r: r["clean"]["balanced_accuracy"])
         c = best["clean"]
-        out.append(f"On clean images the best model ({best['name']}) finds {100 * c['sensitivity']:.0f} of 100 COVID-19 "
-                   f"cases (sensitivity) and correctly clears {100 * c['specificity']:.0f} of 100 non-COVID cases "
-                   f"(specificity); balanced accuracy {100 * c['balanced_accuracy']:.0f} %.")
+        if k == 2:
+            out.append(f"On clean images the best model ({best['name']}) finds {100 * c['sensitivity']:.0f} of 100 "
+                       f"{classes[1]} cases (sensitivity) and correctly clears {100 * c['specificity']:.0f} of 100 "
+                       f"{classes[0]} cases (specificity); balanced accuracy {100 * c['balanced_accuracy']:.0f} %.")
+        else:
+            recall = c.get("recall_per_class") or {}
+            per = ", ".join(f"{100 * v:.0f} of 100 {name}" for name, v in recall.items() if v == v)
+            out.append(f"On clean images the best model ({best['name']}) recognises {per} cases; balanced "
+                       f"accuracy {100 * c['balanced_accuracy']:.0f} %.")
         norm = best.get("params", {}).get("norm", "l2")
         drops = []
         for r in usable:
@@ -407,8 +456,11 @@ def clinical_reading(results: Sequence[dict[str, Any]]) -> list[str]:
         out.append(f"**Calibration**: when a model says “90 % sure” it should be right 9 times in 10. The best "
                    f"calibrated model here is {cal['name']} (expected calibration error "
                    f"{100 * cal['calibration']['ece']:.1f} points); see the Calibration page.")
+        for r in usable:
+            for verdict in (r.get("audit") or {}).get("verdicts", [])[:1]:
+                out.append(f"**Shortcut audit of {r['name']}**: {verdict}")
     else:
-        out.append("No model in this result set separates the two classes, so none of its numbers support a "
+        out.append("No model in this result set separates the classes, so none of its numbers support a "
                    "clinical conclusion.")
     out.append("These are research models on a small public data set; they are not medical devices and must not "
                "guide the care of a patient.")

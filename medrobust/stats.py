@@ -1,4 +1,4 @@
-"""Patient-level uncertainty for the binary COVID-19 task.
+"""Patient-level uncertainty for classification metrics (binary COVID-19 task and K classes).
 
 Chest X-ray data sets hold several images per patient, and images of one patient are
 not independent: a model that misreads one of a patient's films tends to misread the
@@ -13,9 +13,13 @@ patient's images along.
 * :func:`fold_spread` -- mean, sd, min and max of per-fold values.
 * :func:`describe_difference` -- a paired result in plain words.
 
-Every metric has the definition of :func:`medrobust.metrics.classification_metrics`;
-a resample is the original images weighted by how often their patient was drawn, and
-is evaluated by the same code as :func:`medrobust.metrics.bootstrap_ci`'s resamples.
+Every metric has the definition of :func:`medrobust.metrics.classification_metrics`
+for any number of classes ``K >= 2`` (``sensitivity``, ``specificity`` and
+``positive_rate`` are binary notions and nan for ``K > 2``); a resample is the original
+images weighted by how often their patient was drawn, and is evaluated by the same code
+as :func:`medrobust.metrics.bootstrap_ci`'s resamples. Stratified resampling keeps the
+number of patients of each class fixed, a patient's class being the largest label
+among their images.
 """
 
 from __future__ import annotations
@@ -93,22 +97,27 @@ def _factorize_groups(groups: ArrayLike | Sequence[Hashable], n: int) -> NDArray
 
 
 def _draw_patients(
-    rng: np.random.Generator, patient_pos: NDArray[np.bool_], n_boot: int, stratify: bool
+    rng: np.random.Generator, patient_label: NDArray[np.integer] | NDArray[np.bool_],
+    n_boot: int, stratify: bool,
 ) -> NDArray[np.intp]:
     """``(n_boot, n_patients)`` indices of the patients drawn in each resample.
 
-    Stratified: as many positive patients as the data hold are drawn from the positive
-    ones, likewise for negatives, so every resample keeps both classes. With one class
-    only among the patients there is nothing to stratify and the plain draw is used.
+    ``patient_label`` is each patient's stratum (its largest image label; a boolean
+    array reads as 0/1). Stratified: from each stratum as many patients are drawn as
+    it holds, so every resample keeps every stratum. Strata are drawn in descending
+    label order (for binary labels: positives, then negatives), one
+    ``(n_boot, size)`` block each from the same generator. With a single stratum there
+    is nothing to stratify and the plain draw is used.
     """
-    n_patients = patient_pos.size
-    if not stratify or patient_pos.all() or not patient_pos.any():
+    n_patients = patient_label.size
+    strata = np.unique(patient_label)[::-1]
+    if not stratify or strata.size < 2:
         return rng.integers(0, n_patients, size=(n_boot, n_patients))
-    pos_ids = np.flatnonzero(patient_pos)
-    neg_ids = np.flatnonzero(~patient_pos)
-    pos_draw = pos_ids[rng.integers(0, pos_ids.size, size=(n_boot, pos_ids.size))]
-    neg_draw = neg_ids[rng.integers(0, neg_ids.size, size=(n_boot, neg_ids.size))]
-    return np.concatenate([pos_draw, neg_draw], axis=1)
+    draws = []
+    for stratum in strata:
+        ids = np.flatnonzero(patient_label == stratum)
+        draws.append(ids[rng.integers(0, ids.size, size=(n_boot, ids.size))])
+    return np.concatenate(draws, axis=1)
 
 
 def _image_counts(
@@ -130,7 +139,7 @@ def _setup(
     labels: ArrayLike,
     probs: Sequence[tuple[str, ArrayLike]],
     groups: ArrayLike | Sequence[Hashable],
-) -> tuple[NDArray[np.int64], list[NDArray[np.float64]], NDArray[np.intp], NDArray[np.bool_]]:
+) -> tuple[NDArray[np.int64], list[NDArray[np.float64]], NDArray[np.intp], NDArray[np.int64]]:
     y: NDArray[np.int64] | None = None
     p2s: list[NDArray[np.float64]] = []
     for name, p in probs:
@@ -143,13 +152,20 @@ def _setup(
                 f"{name} has {p2.shape[0]} rows but {probs[0][0]} has {p2s[0].shape[0]}; "
                 "both models must be scored on the same images"
             )
+        if p2s and p2.shape[1] != p2s[0].shape[1]:
+            raise ValueError(
+                f"{name} has {p2.shape[1]} classes (columns) but {probs[0][0]} has "
+                f"{p2s[0].shape[1]}; both models must score the same classes"
+            )
         y = y_i
         p2s.append(p2)
     assert y is not None
     codes = _factorize_groups(groups, y.size)
     n_patients = int(codes.max()) + 1
-    patient_pos = np.bincount(codes, weights=y, minlength=n_patients) > 0
-    return y, p2s, codes, patient_pos
+    # A patient's stratum is their largest label (binary: positive if any image is).
+    patient_label = np.zeros(n_patients, dtype=np.int64)
+    np.maximum.at(patient_label, codes, y)
+    return y, p2s, codes, patient_label
 
 
 # --------------------------------------------------------------------------- public API
@@ -179,16 +195,19 @@ def cluster_bootstrap_ci(
     Parameters
     ----------
     labels : array_like, shape (n,)
-        True labels per image, 0 (non-COVID) or 1 (COVID-19).
-    probs : array_like, shape (n, 2) or (n,)
-        Class probabilities per image, or P(class 1) when 1-D.
+        True class index per image in ``0..K-1``; for the binary task 0 (non-COVID)
+        or 1 (COVID-19).
+    probs : array_like, shape (n, K) or (n,)
+        Class probabilities per image (``K >= 2`` columns), or P(class 1) when 1-D.
     groups : array_like or sequence of hashable, shape (n,)
         Patient key of each image (str, int, tuple, ...). Images with equal keys belong
         to one patient. ``None`` and nan are rejected.
     metrics : sequence of str, default ``DEFAULT_METRICS``
         Any of ``accuracy``, ``balanced_accuracy``, ``sensitivity``, ``specificity``,
         ``auroc``, ``nll``, ``brier``, ``entropy``, ``positive_rate``, with the
-        definitions of :func:`medrobust.metrics.classification_metrics`.
+        definitions of :func:`medrobust.metrics.classification_metrics`
+        (``sensitivity``, ``specificity`` and ``positive_rate`` give ``(nan, nan)``
+        for ``K > 2``).
     n_boot : int, default 1000
         Number of resamples.
     seed : int, default 0
@@ -196,10 +215,12 @@ def cluster_bootstrap_ci(
     level : float, default 0.95
         Coverage of the two-sided interval, in (0, 1).
     stratify : bool, default True
-        Resample positive and negative patients separately, keeping their numbers
-        fixed, so that no resample lacks a class and sensitivity, specificity and
-        AUROC are defined in every resample. A patient is positive if any of their
-        images is labelled 1. Ignored when all patients share one class. With
+        Resample the patients of each class separately, keeping their numbers fixed,
+        so that no resample lacks a class and sensitivity, specificity and AUROC are
+        defined in every resample. A patient's class is the largest label among their
+        images (binary: positive if any image is labelled 1); with several labels per
+        patient only these largest labels are guaranteed in every resample. Ignored
+        when all patients share one class. With
         ``stratify=False`` and one image per patient the draws are exactly those of
         :func:`medrobust.metrics.bootstrap_ci` with the same seed, so the intervals
         agree with it.
@@ -238,12 +259,12 @@ def cluster_bootstrap_ci(
     and patient "b"'s two images always come together.
     """
     names = _check_options(metrics, n_boot, level)
-    y, (p2,), codes, patient_pos = _setup(labels, [("probs", probs)], groups)
+    y, (p2,), codes, patient_label = _setup(labels, [("probs", probs)], groups)
     rng = np.random.default_rng(seed)
-    drawn = _draw_patients(rng, patient_pos, int(n_boot), bool(stratify))
+    drawn = _draw_patients(rng, patient_label, int(n_boot), bool(stratify))
     blocks = [
         _resampled_metrics(y, p2, names, weights=counts)
-        for counts in _count_blocks(drawn, codes, patient_pos.size)
+        for counts in _count_blocks(drawn, codes, patient_label.size)
     ]
     return {
         name: _percentile_interval(np.concatenate([b[name] for b in blocks]), float(level))
@@ -274,10 +295,11 @@ def paired_cluster_bootstrap(
     Parameters
     ----------
     labels : array_like, shape (n,)
-        True labels per image, 0 (non-COVID) or 1 (COVID-19).
-    probs_a, probs_b : array_like, shape (n, 2) or (n,)
+        True class index per image in ``0..K-1``; for the binary task 0 (non-COVID)
+        or 1 (COVID-19).
+    probs_a, probs_b : array_like, shape (n, K) or (n,)
         Probabilities of model A (the reference) and model B on the same images in the
-        same order, or P(class 1) when 1-D.
+        same order, or P(class 1) when 1-D; both with the same ``K``.
     groups : array_like or sequence of hashable, shape (n,)
         Patient key of each image.
     metrics : sequence of str, default ``DEFAULT_METRICS``
@@ -289,7 +311,7 @@ def paired_cluster_bootstrap(
     level : float, default 0.95
         Coverage of the two-sided interval of the difference, in (0, 1).
     stratify : bool, default True
-        Resample positive and negative patients separately, as in
+        Resample the patients of each class separately, as in
         :func:`cluster_bootstrap_ci`.
 
     Returns
@@ -343,16 +365,16 @@ def paired_cluster_bootstrap(
     ([0.0, 0.0], 1.0)
     """
     names = _check_options(metrics, n_boot, level)
-    y, (pa, pb), codes, patient_pos = _setup(
+    y, (pa, pb), codes, patient_label = _setup(
         labels, [("probs_a", probs_a), ("probs_b", probs_b)], groups
     )
     point_a = _resampled_metrics(y, pa, names, weights=None)
     point_b = _resampled_metrics(y, pb, names, weights=None)
 
     rng = np.random.default_rng(seed)
-    drawn = _draw_patients(rng, patient_pos, int(n_boot), bool(stratify))
+    drawn = _draw_patients(rng, patient_label, int(n_boot), bool(stratify))
     diffs: dict[str, list[NDArray[np.float64]]] = {name: [] for name in names}
-    for counts in _count_blocks(drawn, codes, patient_pos.size):
+    for counts in _count_blocks(drawn, codes, patient_label.size):
         rep_a = _resampled_metrics(y, pa, names, weights=counts)
         rep_b = _resampled_metrics(y, pb, names, weights=counts)
         for name in names:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -31,8 +32,8 @@ from safetensors import safe_open
 from medrobust import __version__, distributed
 from medrobust.attacks import autocast_for, pgd, scale_eps
 from medrobust.augmix import AugMixConfig, augmix
-from medrobust.choices import Norm, parse_choice
-from medrobust.checkpoints import load_checkpoint, save_checkpoint
+from medrobust.choices import Arch, Norm, parse_choice
+from medrobust.checkpoints import classes_of, load_checkpoint, save_checkpoint
 from medrobust.fileio import atomic_save_tensors, atomic_write_text
 from medrobust.data import Dataset, Split, load_dataset, split_by_patient, split_kfold
 from medrobust.methods import LossTools, get_method
@@ -48,6 +49,8 @@ class TrainConfig:
 
     method: str = "standard"
     preset: str = "custom"
+    arch: str = "resnet18"  # a torchvision network of the registry (medrobust.choices.Arch)
+    classes: tuple[str, ...] | None = None  # class names and order; None: from the data
     image_size: int = 224
     epochs: int = 41
     batch_size: int = 32
@@ -77,6 +80,9 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         get_method(self.method)
         parse_choice(Norm, self.norm)
+        parse_choice(Arch, self.arch)
+        if self.classes is not None and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
+            raise ValueError(f"classes must be at least two distinct names, got {list(self.classes)}.")
         checks = [
             (self.image_size >= 32, f"image_size must be >= 32, got {self.image_size}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
@@ -105,7 +111,7 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
-        for k in ("augmix_ops", "split_fractions"):
+        for k in ("augmix_ops", "split_fractions", "classes"):
             if k in d and d[k] is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -135,18 +141,18 @@ def eps_for_epoch(config: TrainConfig, epoch: int) -> float:
     return config.eps * min(1.0, (epoch + 1) / config.eps_ramp_epochs)
 
 
-def class_weights(labels: torch.Tensor) -> torch.Tensor:
+def class_weights(labels: torch.Tensor, *, num_classes: int = 2) -> torch.Tensor:
     """Inverse-frequency weights, normalised so the average training sample weighs 1."""
-    counts = torch.bincount(labels, minlength=2).float()
+    counts = torch.bincount(labels, minlength=num_classes).float()
     if (counts == 0).any():
         raise ValueError(f"The training split lacks a class (counts {counts.tolist()}); cannot balance it.")
-    return counts.sum() / (2.0 * counts)
+    return counts.sum() / (num_classes * counts)
 
 
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 128, device=None,
                   use_autocast: bool = True) -> torch.Tensor:
-    """Softmax probabilities (N, 2) for uint8 or float images; the model is left in its mode."""
+    """Softmax probabilities (N, K) for uint8 or float images; the model is left in its mode."""
     device = device or next(model.parameters()).device
     out = []
     was = model.training
@@ -160,11 +166,13 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, *, batch_size: i
             out.append(torch.softmax(logits.float(), dim=1).cpu())
     finally:
         model.train(was)
-    return torch.cat(out) if out else torch.empty((0, 2))
+    return torch.cat(out) if out else torch.empty((0, int(getattr(model, "num_classes", 2))))
 
 
-def is_collapsed(metrics: dict[str, float]) -> bool:
-    return metrics["balanced_accuracy"] <= COLLAPSE_BACC or metrics["majority_fraction"] >= DEGENERATE_THRESHOLD
+def is_collapsed(metrics: dict[str, float], *, num_classes: int = 2) -> bool:
+    """One class for (nearly) every image, or balanced accuracy within 5 points of chance (1/K)."""
+    floor = COLLAPSE_BACC - 0.5 + 1.0 / num_classes
+    return metrics["balanced_accuracy"] <= floor or metrics["majority_fraction"] >= DEGENERATE_THRESHOLD
 
 
 @dataclass
@@ -245,8 +253,9 @@ def _remove_stale_temps(run_dir: Path) -> None:
             pass
 
 
-def _initialise(model, init: str | None, *, split: Split) -> None:
-    """Load the starting weights; a medrobust checkpoint must not have trained on this run's test patients."""
+def _initialise(model, init: str | None, *, split: Split, classes: tuple[str, ...]) -> None:
+    """Load the starting weights; a medrobust checkpoint must not have trained on this run's test patients
+    and must have the same architecture and classes."""
     if init is None:
         return
     if init == "imagenet":
@@ -258,12 +267,16 @@ def _initialise(model, init: str | None, *, split: Split) -> None:
     if leaked:
         raise ValueError(f"--init {init} was trained on {len(leaked)} of this run's test patient(s); start from a "
                          "model of the same split or fold (for cross-validation: the same fold's model).")
+    if tuple(classes_of(card)) != tuple(classes) or getattr(source, "arch", "resnet18") != getattr(model, "arch", "resnet18"):
+        raise ValueError(f"--init {init} is a {getattr(source, 'arch', 'resnet18')} for classes "
+                         f"{', '.join(classes_of(card))}; this run trains a {getattr(model, 'arch', 'resnet18')} for "
+                         f"{', '.join(classes)}.")
     model.load_state_dict(source.state_dict())
 
 
 def prepare_data(config: TrainConfig, roots, *, run_dir: Path, progress: bool = False) -> tuple[Dataset, Split]:
     """Load the data and the run's split (reusing ``split.json`` when the run already has one)."""
-    data = load_dataset(roots, image_size=config.image_size, progress=progress)
+    data = load_dataset(roots, image_size=config.image_size, progress=progress, classes=config.classes)
     split_file = run_dir / "split.json"
     if split_file.is_file():
         split = Split.load(split_file)
@@ -336,14 +349,17 @@ def _prepare(config: TrainConfig, roots, run_dir: Path, *, show_progress: bool) 
     _check_same_config(config, config_file)
     dinfo = distributed.setup(config.device)
     data, split = prepare_data(config, roots, run_dir=run_dir, progress=show_progress and dinfo.is_main)
+    if dinfo.is_main:
+        for warning in data.report.warnings:
+            print(f"medrobust: warning: {warning}", file=sys.stderr)
     # Written only once the data are known to be usable, so a failed start leaves no stale config.
     if dinfo.is_main:
         atomic_write_text(config_file, json.dumps(config.to_dict(), indent=1))
         split.save(run_dir / "split.json")
     device = dinfo.device
     torch.manual_seed(config.seed)  # torchvision's init draws from the global RNG
-    model = build_model()
-    _initialise(model, config.init, split=split)
+    model = build_model(arch=config.arch, num_classes=len(data.classes))
+    _initialise(model, config.init, split=split, classes=data.classes)
     model = model.to(device).to(memory_format=torch.channels_last)
     train_set = data.subset(split.images["train"])
     steps = max(1, len(train_set) // config.batch_size)  # drop the last partial batch (BN needs > 1 sample)
@@ -358,7 +374,8 @@ def _prepare(config: TrainConfig, roots, run_dir: Path, *, show_progress: bool) 
         generator=torch.Generator(device="cpu").manual_seed(config.seed),
         dev_generator=torch.Generator(device=device).manual_seed(config.seed + 1 + 1000 * dinfo.rank),
         train_set=train_set, val_set=data.subset(split.images["val"]),
-        class_weight=class_weights(train_set.labels).to(device) if config.class_balance == "weights" else None,
+        class_weight=(class_weights(train_set.labels, num_classes=len(data.classes)).to(device)
+                      if config.class_balance == "weights" else None),
         steps_per_epoch=min(steps, config.max_batches) if config.max_batches else steps,
         show_progress=show_progress,
     )
@@ -447,7 +464,7 @@ def _train_epoch(s: _Session, epoch: int, images: torch.Tensor, labels: torch.Te
 def _validate(s: _Session, model: torch.nn.Module, device: torch.device) -> tuple[dict[str, float], bool]:
     probs = predict_proba(model, s.val_set.images, device=device).numpy()
     val = classification_metrics(labels=s.val_set.labels.numpy(), probs=probs) if len(s.val_set) else {}
-    return val, bool(val) and is_collapsed(val)
+    return val, bool(val) and is_collapsed(val, num_classes=len(s.data.classes))
 
 
 def _end_epoch(s: _Session, epoch: int, stats: dict[str, float]) -> dict[str, Any]:
@@ -494,6 +511,7 @@ def _finish(s: _Session, *, wall_start: float) -> TrainResult:
         "selected_epoch": final_epoch,
         "selection_rule": config.select,
         "image_size": config.image_size,
+        "classes": list(s.data.classes),
         "split": {"hash": split.hash, "seed": split.seed, "fractions": list(split.fractions),
                   "folds": split.folds, "fold": split.fold,
                   "train_patients": split.patients["train"], "val_patients": split.patients["val"],

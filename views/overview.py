@@ -10,7 +10,8 @@ ui.page_header(
     "Chest X-ray classifiers under noise and attack",
     "ResNet-18 trained four ways (standard, PGD-robust, AugMix, RobustAugMix) to tell COVID-19 from other "
     "findings on public chest X-rays; reproduces Martínez-Martínez & Nabavi, “Addressing Vulnerability in "
-    "Medical Deep Learning through Robust Training”.",
+    "Medical Deep Learning through Robust Training”. Your own models and data sets (any torchvision network, "
+    "any number of classes) appear here once evaluated.",
 )
 
 results, sets = ui.pick_results("overview")
@@ -66,6 +67,16 @@ st.dataframe(t2, hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="%.4f") for c in t2.columns if c not in ("model", "method")})
 st.caption("RMSCE (debiased) is Kumar et al.'s estimator clipped at 0; ECE uses 15 equal-width bins; entropy is "
            "the mean predictive entropy (at most ln 2 ≈ 0.693 nats). Details on the Calibration page.")
+
+overview.audit_section(results)
+
+if any(len(r.get("classes") or ()) > 2 for r in results):
+    st.subheader("Confusion matrices on clean test images")
+    multi = [r for r in results if r.get("clean", {}).get("confusion")]
+    cols = st.columns(min(3, len(multi)) or 1)
+    for i, r in enumerate(multi):
+        cols[i % len(cols)].plotly_chart(plots.confusion_figure(r), key=f"confusion_{i}")
+    st.caption("Rows are the true class; each cell gives the share of that class's images and their count.")
 
 st.subheader("The paper's own figures")
 st.markdown(paper.paper_tables_markdown())

@@ -25,7 +25,21 @@ if model_set.message:
     st.warning(model_set.message, icon=":material/warning:")
 if not model_set.ok_models:
     st.stop()
+MAX_CARDS = 4  # side-by-side cards stay readable up to four models
+if len(model_set.ok_models) > MAX_CARDS:
+    with st.sidebar:
+        loadable = [m.name for m in model_set.ok_models]
+        chosen = st.multiselect(f"Models to compare ({len(loadable)} found; up to {MAX_CARDS} side by side)",
+                                loadable, default=loadable[:MAX_CARDS], max_selections=MAX_CARDS, key="stress_models")
+    if not chosen:
+        st.info("Choose at least one model in the sidebar.", icon=":material/info:")
+        st.stop()
+    # Checkpoints that failed to load keep their error card, whatever is chosen.
+    model_set = model_set.only([*chosen, *(m.name for m in model_set.models if not m.ok)])
 ok_models = model_set.ok_models
+if not ok_models:
+    st.warning("None of the chosen models could be loaded; choose others in the sidebar.", icon=":material/warning:")
+    st.stop()
 
 
 def _example_input():
@@ -44,7 +58,7 @@ def _example_input():
     info = {"source": "example", "file": ex.file, "split": ex.split, "true_class": ex.class_name,
             "license": ex.license, "format": decoded.format, "bit_depth": decoded.bit_depth,
             "height": int(decoded.pixels.shape[0]), "width": int(decoded.pixels.shape[1])}
-    return decoded, info, ex.label
+    return decoded, info, ex.class_name
 
 
 def _uploaded_input(up):
@@ -68,7 +82,7 @@ def _uploaded_input(up):
 # ----------------------------------------------------------------------------- image source
 with st.sidebar:
     data_text = st.text_area("Data folder(s) for test-split samples (one per line)", ui.data_roots_text(),
-                             key="data_roots", help="Folders in the upstream layout (metadata.csv + images/). "
+                             key="data_roots", help="COVID collections (metadata.csv + images/), CSV manifests or ImageFolder trees. "
                                                     "Default: $MEDROBUST_DATA.")
 roots = ui.parse_roots(data_text)
 sources = ["Upload an X-ray"] + (["Sample from the test split"] if roots else [])
@@ -93,7 +107,7 @@ else:
     if not samples:
         st.warning("The test split of these folders is empty.")
         st.stop()
-    names = [f"{s.key} ({stress.CLASS_NAMES[s.label]})" for s in samples]
+    names = [f"{s.key} ({s.class_name})" for s in samples]
     pick = st.selectbox(f"Test-split image ({len(samples)} available)", range(len(samples)), format_func=names.__getitem__,
                         key="sample")
     sample = samples[pick]
@@ -102,8 +116,8 @@ else:
     except (OSError, ImageDecodeError) as exc:
         st.error(f"This sample cannot be read: {exc}")
         st.stop()
-    true_label = sample.label
-    image_info = {"source": "test split", "key": sample.key, "true_class": stress.CLASS_NAMES[sample.label],
+    true_label = sample.class_name
+    image_info = {"source": "test split", "key": sample.key, "true_class": sample.class_name,
                   "format": decoded.format, "bit_depth": decoded.bit_depth,
                   "height": int(decoded.pixels.shape[0]), "width": int(decoded.pixels.shape[1])}
 
@@ -133,10 +147,11 @@ with c2:
     else:
         st.caption("No perturbation: the cards show each model's answer on the image as it is.")
 with c3:
-    cam_layers = ["layer4", "layer3", "layer2"]
+    cam_layers = list(stress.CAM_DEPTHS)
     cam_layer = st.selectbox("Grad-CAM layer", cam_layers, index=0 if min(sizes) >= 128 else 1, key="cam_layer",
                              help="layer4 (the usual choice) is a 2×2 grid at 64 px, so smaller models default to "
-                                  "layer3 (4×4 at 64 px). A flat map is drawn as no overlay.")
+                                  "layer3 (4×4 at 64 px). Networks other than ResNets use their own stages: layer4 "
+                                  "= the deepest, layer3 = one earlier. A flat map is drawn as no overlay.")
     flip_steps = st.slider("PGD steps for the flip search", 5, 50, 10, 5, key="flip_steps",
                            help="More steps find smaller flipping radii but take longer (about 7 attacks per model).")
     find_flip = st.button("Smallest eps that flips each prediction", key="find_flip",
@@ -173,7 +188,7 @@ flip_by_name = {f.name: f for f in flips} if flips else {}
 # ----------------------------------------------------------------------------- model cards
 desc = pert.describe()
 st.markdown(f"**{desc[:1].upper() + desc[1:]}**"
-            + (f" · true class of this image: **{stress.CLASS_NAMES[true_label]}**" if true_label is not None else ""))
+            + (f" · true class of this image: **{true_label}**" if true_label is not None else ""))
 vmax = stress.shared_delta_scale(outcomes)
 cols = st.columns(len(outcomes))
 for i, (col, o) in enumerate(zip(cols, outcomes)):
@@ -189,10 +204,11 @@ for i, (col, o) in enumerate(zip(cols, outcomes)):
                        "robustness means nothing", help=o.warning)
         st.metric("Prediction", o.label, delta=("flipped" if o.flipped else "unchanged") if kind != "none" else None,
                   delta_color="inverse" if o.flipped else "off", delta_arrow="off")
-        st.progress(min(1.0, max(0.0, o.p_covid)), text=f"P(COVID-19) = {o.p_covid:.1%}")
+        tracked = o.classes[o.tracked_class]
+        st.progress(min(1.0, max(0.0, o.p_tracked)), text=f"P({tracked}) = {o.p_tracked:.1%}")
         if kind != "none":
-            st.caption(f"Unperturbed: {o.clean_label}, P(COVID-19) {o.clean_p:.1%}; change {100 * o.delta_p:+.1f} "
-                       f"points. ‖δ‖₂ = {o.l2:.3f}, max |δ| = {o.linf:.3f}")
+            st.caption(f"Unperturbed: {o.clean_label}, P({tracked}) {o.p_tracked - o.delta_p:.1%}; change "
+                       f"{100 * o.delta_p:+.1f} points. ‖δ‖₂ = {o.l2:.3f}, max |δ| = {o.linf:.3f}")
         if o.name in flip_by_name:
             st.caption(f"Smallest flipping eps: {flip_by_name[o.name].describe()}")
         pics = stress.card_images(o, vmax=vmax, target=192)

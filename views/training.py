@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from medrobust.choices import Arch
 from medrobust.dashboard import jobs, plots, resultsets, ui
 from medrobust.methods import METHODS
 from medrobust.dashboard.palette import colour_for
@@ -119,8 +120,10 @@ with st.form("train_form"):
     epochs = a.number_input("Epochs (0 = preset)", 0, 500, 0, key="t_epochs")
     image_size = b.number_input("Image size in px (0 = preset)", 0, 512, 0, step=16, key="t_size")
     eps = c.number_input("PGD eps (L2 at 224 px; robust methods)", 0.0, 16.0, float(defaults.eps), 0.5, key="t_eps")
-    data_text = st.text_area("Data folders (one per line, upstream layout: metadata.csv + images/)",
-                             ui.data_roots_text(), key="t_data")
+    data_text = st.text_area("Data (one per line): COVID collections (metadata.csv + images/), CSV manifests, "
+                             "ImageFolder trees or MedMNIST .npz files", ui.data_roots_text(), key="t_data")
+    arch = st.selectbox("Network", [a.value for a in Arch], key="t_arch",
+                        help="resnet18 is the paper's; densenet121 is torchxrayvision's backbone.")
     submitted = st.form_submit_button("Launch training", type="primary", key="launch")
 
 if submitted:
@@ -130,7 +133,8 @@ if submitted:
         out = jobs.new_run_dir(method, preset, int(seed))
         cmd = jobs.train_command(method=method, preset=preset, out=out, data=data, seed=int(seed),
                                  epochs=int(epochs) or None, image_size=int(image_size) or None,
-                                 eps=float(eps) if METHODS[method].uses_pgd else None)
+                                 eps=float(eps) if METHODS[method].uses_pgd else None,
+                                 arch=None if arch == "resnet18" else arch)
         job = manager.launch(cmd, kind="train", run_dir=out, data=data, token=token, label=out.name)
         st.session_state["_flash"] = f"Started {out.name} (pid {job.pid}); data: {summary}."
         st.rerun()

@@ -62,12 +62,12 @@ def check_token(given: str | None) -> bool:
 
 def train_command(*, method: str, preset: str, out: str | Path, data: Sequence[str | Path], epochs: int | None = None,
                   image_size: int | None = None, eps: float | None = None, seed: int = 0,
-                  max_batches: int | None = None, python: str | None = None) -> list[str]:
+                  max_batches: int | None = None, arch: str | None = None, python: str | None = None) -> list[str]:
     """The ``python -m medrobust train`` command line, validated first (bad values raise ValueError)."""
     from medrobust.training import preset_config
 
     preset_config(preset, method=method, epochs=epochs, image_size=image_size, eps=eps, seed=seed,
-                  max_batches=max_batches)
+                  max_batches=max_batches, arch=arch)
     if not data:
         raise ValueError("Give at least one data folder.")
     cmd = [python or sys.executable, "-m", "medrobust", "train", "--method", method, "--preset", preset,
@@ -80,6 +80,8 @@ def train_command(*, method: str, preset: str, out: str | Path, data: Sequence[s
         cmd += ["--image-size", str(int(image_size))]
     if eps is not None:
         cmd += ["--eps", repr(float(eps))]
+    if arch is not None:
+        cmd += ["--arch", str(arch)]
     if max_batches is not None:
         cmd += ["--max-batches", str(int(max_batches))]
     return cmd
@@ -99,7 +101,8 @@ def evaluate_command(*, run_dir: str | Path, data: Sequence[str | Path], out: st
 
 
 def check_data_folders(data: Sequence[str | Path]) -> str:
-    """Read the folders' metadata (cheap) and return a one-line summary; raise ValueError if unusable."""
+    """Read the data's index (metadata, manifest, folder tree or .npz labels; cheap) and return a one-line
+    summary; raise ValueError if unusable."""
     from medrobust.data import DataError, read_records
 
     if not data:
@@ -109,7 +112,7 @@ def check_data_folders(data: Sequence[str | Path]) -> str:
     except DataError as exc:
         raise ValueError(str(exc)) from None
     if not records:
-        raise ValueError(f"No labelled frontal X-ray in {', '.join(map(str, data))}.")
+        raise ValueError(f"No usable labelled X-ray in {', '.join(map(str, data))}.")
     return report.summary()
 
 

@@ -69,3 +69,23 @@ def cross_validation_section(results: Sequence[dict[str, Any]]) -> None:
               for r in cv]
     with st.expander("Per-fold clean scores"):
         st.dataframe(pd.DataFrame(spread), hide_index=True)
+
+
+def audit_section(results: Sequence[dict[str, Any]]) -> None:
+    """The shortcut audit: does a model read the lungs, or the hospital's text, markers and borders?"""
+    audited = [r for r in results if r.get("audit")]
+    st.subheader("Shortcut audit: does the model look at the lungs?")
+    if not audited:
+        st.caption("No result in this set carries a shortcut audit; run `python -m medrobust evaluate MODEL --audit`.")
+        return
+    st.markdown("Most published COVID-19 X-ray models turned out to read the hospital (text, markers, borders) "
+                "instead of the lungs. Each model is shown its test images three times: as they are, with the "
+                "central lung field blanked, and with only the outer border blanked.")
+    st.dataframe(pd.DataFrame(report.audit_rows(audited)), hide_index=True)
+    for r in audited:
+        verdicts = r["audit"].get("verdicts", [])
+        if verdicts:
+            st.markdown(f"**{r['name']}**\n" + "\n".join(f"- {v}" for v in verdicts))
+    st.caption("Lungs blanked: pixels in the central 60 % x 60 % of the image set to mid-grey; border blanked: the "
+               "outer 12 % band. A model well above chance with the lungs blanked reads something other than the "
+               "lungs. Intervals and thresholds are in each result's `audit.config`.")

@@ -22,7 +22,7 @@ LN2 = math.log(2.0)
 
 
 def result_colour(r: dict[str, Any]) -> str:
-    return colour_for(r.get("_run") or r["name"], r.get("method"), shipped=not r.get("_run"))
+    return r.get("_colour") or colour_for(r.get("_run") or r["name"], r.get("method"), shipped=not r.get("_run"))
 
 
 def _legend_name(r: dict[str, Any]) -> str:
@@ -132,43 +132,70 @@ def reliability_diagram(r: dict[str, Any], *, height: int = 420) -> go.Figure:
     return fig
 
 
+def clean_probs(r: dict[str, Any]) -> np.ndarray:
+    """The clean test images' class probabilities (N, K) a result carries (K = 2 results keep P(second class))."""
+    pred = r.get("predictions", {})
+    if pred.get("probs"):
+        return np.asarray(pred["probs"], dtype=np.float64)
+    p = np.asarray(pred.get("p_covid", []), dtype=np.float64)
+    return np.stack([1 - p, p], axis=1) if p.size else np.zeros((0, 2))
+
+
 def _confidence(r: dict[str, Any]) -> np.ndarray:
-    p = np.asarray(r.get("predictions", {}).get("p_covid", []), dtype=np.float64)
-    return np.maximum(p, 1 - p)
+    return clean_probs(r).max(axis=1) if clean_probs(r).size else np.zeros(0)
 
 
 def confidence_histograms(results: Sequence[dict[str, Any]], *, height: int = 360) -> go.Figure:
-    """Distribution of the top-class probability on the clean test images, per model."""
+    """Distribution of the top-class probability on the clean test images, per model (from 1/K up to 1)."""
     fig = go.Figure()
+    lowest = 0.5
     for r in results:
         conf = _confidence(r)
         if conf.size == 0:
             continue
+        lowest = min(lowest, 1.0 / max(2, len(r.get("classes") or (0, 0))))
         fig.add_trace(go.Histogram(x=conf, name=_legend_name(r), marker_color=result_colour(r), opacity=0.55,
-                                   xbins=dict(start=0.5, end=1.0, size=0.025), histnorm="percent"))
+                                   xbins=dict(start=0.0, end=1.0, size=0.025), histnorm="percent"))
     fig.update_layout(barmode="overlay", height=height, xaxis_title="confidence (top-class probability)",
                       yaxis_title="% of test images", margin=dict(l=10, r=10, t=30, b=10),
                       legend=dict(orientation="h", y=-0.25))
-    fig.update_xaxes(range=[0.5, 1.0])
+    fig.update_xaxes(range=[lowest, 1.0])
     return fig
 
 
 def entropy_figure(results: Sequence[dict[str, Any]], *, height: int = 360) -> go.Figure:
-    """Per-sample predictive entropy (box) and its mean (diamond) per model; ln 2 is the maximum."""
+    """Per-sample predictive entropy (box) and its mean (diamond) per model; ln K is the maximum."""
     fig = go.Figure()
+    top = LN2
     for r in results:
-        p = np.asarray(r.get("predictions", {}).get("p_covid", []), dtype=np.float64)
+        p = clean_probs(r)
         colour = result_colour(r)
+        top = max(top, math.log(max(2, p.shape[1] if p.size else len(r.get("classes") or (0, 0)))))
         if p.size:
             ent = predictive_entropy(probs=p)
             fig.add_trace(go.Box(y=ent, name=_legend_name(r), marker_color=colour, boxmean=True, showlegend=False))
         else:
             fig.add_trace(go.Scatter(x=[_legend_name(r)], y=[r["calibration"]["entropy"]], mode="markers",
                                      marker=dict(color=colour, size=12, symbol="diamond"), showlegend=False))
-    fig.add_hline(y=LN2, line=dict(color="#999", dash="dot"), annotation_text="ln 2 (maximal uncertainty)",
+    k = round(math.exp(top))
+    fig.add_hline(y=top, line=dict(color="#999", dash="dot"), annotation_text=f"ln {k} (maximal uncertainty)",
                   annotation_position="top left")
-    fig.update_layout(height=height, yaxis_title="predictive entropy (nats)", yaxis_range=[0, LN2 * 1.08],
+    fig.update_layout(height=height, yaxis_title="predictive entropy (nats)", yaxis_range=[0, top * 1.08],
                       margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def confusion_figure(r: dict[str, Any], *, height: int = 360) -> go.Figure:
+    """The clean confusion matrix of one result (rows = true class), as row percentages with counts."""
+    cm = np.asarray(r["clean"]["confusion"], dtype=np.float64)
+    classes = list(r.get("classes") or range(cm.shape[0]))
+    rows = cm.sum(axis=1, keepdims=True)
+    pct = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) * 100
+    text = [[f"{pct[i, j]:.0f} %<br>({int(cm[i, j])})" for j in range(cm.shape[1])] for i in range(cm.shape[0])]
+    fig = go.Figure(go.Heatmap(z=pct, x=classes, y=classes, text=text, texttemplate="%{text}", zmin=0, zmax=100,
+                               colorscale="Blues", showscale=False))
+    fig.update_layout(height=height, title=_legend_name(r), xaxis_title="predicted", yaxis_title="true",
+                      yaxis_autorange="reversed", margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 

@@ -199,6 +199,11 @@ def combine(sets: Sequence[ResultSet]) -> list[dict[str, Any]]:
             seen[r["name"]] = 1
             r["_shipped"] = s.kind in ("shipped", "cv")
             out.append(r)
+    from medrobust.dashboard.palette import assign_colours
+
+    colours = assign_colours([(r.get("_run") or r["name"], r.get("method"), not r.get("_run")) for r in out])
+    for r in out:
+        r["_colour"] = colours[r.get("_run") or r["name"]]
     return out
 
 

@@ -40,10 +40,11 @@ from medrobust.choices import CLASS_NAMES
 from medrobust.attacks import REFERENCE_SIDE, pgd, scale_eps
 from medrobust.checkpoints import CheckpointError, load_checkpoint
 from medrobust.corruptions import CORRUPTIONS, apply_corruption
-from medrobust.gradcam import gradcam
+from medrobust.gradcam import cam_layers, gradcam
 from medrobust.imaging import to_square
-from medrobust.models import XrayResNet, fold_batchnorm
-from medrobust.dashboard.palette import colour_for
+from medrobust.checkpoints import classes_of
+from medrobust.models import XrayNet, fold_batchnorm
+from medrobust.dashboard.palette import assign_colours
 from medrobust.dashboard.resultsets import ModelFile, discover_models
 
 NOISE_KINDS = tuple(CORRUPTIONS)  # gaussian, salt_and_pepper, speckle
@@ -68,12 +69,17 @@ class LoadedModel:
     colour: str
     shipped: bool
     card: dict[str, Any] = field(repr=False, default_factory=dict)
-    model: XrayResNet | None = field(repr=False, default=None)
+    model: XrayNet | None = field(repr=False, default=None)
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.model is not None and self.error is None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names, index = output (from the card; the COVID task's two for older cards)."""
+        return tuple(classes_of(self.card))
 
     @property
     def collapsed_warning(self) -> str | None:
@@ -93,6 +99,11 @@ class ModelSet:
     def ok_models(self) -> list[LoadedModel]:
         return [m for m in self.models if m.ok]
 
+    def only(self, names: Sequence[str]) -> "ModelSet":
+        """The same set restricted to ``names`` (in the set's order)."""
+        keep = set(names)
+        return ModelSet(folder=self.folder, models=[m for m in self.models if m.name in keep], message=self.message)
+
     def get(self, name: str) -> LoadedModel:
         for m in self.models:
             if m.name == name:
@@ -100,7 +111,7 @@ class ModelSet:
         raise KeyError(f"No model called {name!r} in the set.")
 
 
-def _freeze(model: XrayResNet) -> XrayResNet:
+def _freeze(model: XrayNet) -> XrayNet:
     """Eval mode, BatchNorm folded, no parameter gradients, channels-last weights; once, before sharing.
 
     Channels-last halved the CPU time of a single 64 px image here (forward 11 vs 20 ms, forward +
@@ -154,8 +165,9 @@ def load_model_set(folder: str | Path | None = None, *, extra: Sequence[ModelFil
     files = list(discover_models(folder)) + list(extra)
     folder_s = str(folder) if folder is not None else "checkpoints"
     models: list[LoadedModel] = []
+    colours = assign_colours([(f.name, f.method, f.shipped) for f in files])
     for f in files:
-        colour = colour_for(f.name, f.method, shipped=f.shipped)
+        colour = colours[f.name]
         entry = LoadedModel(name=f.name, method=f.method, path=str(f.path), image_size=int(f.image_size or 64),
                             colour=colour, shipped=f.shipped, card=f.card, error=f.error)
         if entry.error is None:
@@ -192,8 +204,8 @@ def image_digest(pixels: np.ndarray) -> str:
     return hashlib.sha256(a.tobytes() + str(a.shape).encode()).hexdigest()[:16]
 
 
-def predict_probs(model: XrayResNet, x: torch.Tensor) -> torch.Tensor:
-    """Softmax probabilities (N, 2) under ``torch.no_grad``; the model stays in eval mode."""
+def predict_probs(model: XrayNet, x: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (N, K) under ``torch.no_grad``; the model stays in eval mode."""
     with torch.no_grad():
         return torch.softmax(model(x).float(), dim=1)
 
@@ -204,9 +216,14 @@ class CleanView:
 
     name: str
     x: torch.Tensor  # (1, 1, S, S)
-    p_covid: float
+    probs: np.ndarray  # (K,)
     pred: int
     cam: np.ndarray | None
+
+    @property
+    def p_covid(self) -> float:
+        """P(second class): P(COVID-19) for the COVID task; nan for K > 2."""
+        return float(self.probs[1]) if self.probs.shape[0] == 2 else math.nan
 
 
 @dataclass
@@ -214,6 +231,22 @@ class CleanState:
     digest: str
     views: dict[str, CleanView]  # by model name
     cam_layer: str
+
+
+#: The Grad-CAM depths the dashboard offers, named after ResNet's stages; other networks map them to their
+#: own stages counted from the deepest (``layer4`` = the deepest stage, ``layer3`` = one earlier, ...).
+CAM_DEPTHS = ("layer4", "layer3", "layer2")
+
+
+def cam_layer_for(model: torch.nn.Module, cam_layer: str) -> str:
+    """``cam_layer`` as one of ``model``'s own Grad-CAM stages (see :data:`CAM_DEPTHS`)."""
+    layers = cam_layers(model)
+    if cam_layer in layers:
+        return cam_layer
+    if cam_layer in ("layer1", "layer2", "layer3", "layer4"):
+        back = 4 - int(cam_layer[-1])
+        return layers[max(0, len(layers) - 1 - back)]
+    raise ValueError(f"Unknown Grad-CAM layer {cam_layer!r}; choose one of {', '.join(CAM_DEPTHS)}.")
 
 
 def analyse_clean(model_set: ModelSet, pixels: np.ndarray, *, cam_layer: str = "layer4",
@@ -224,11 +257,11 @@ def analyse_clean(model_set: ModelSet, pixels: np.ndarray, *, cam_layer: str = "
     for m in model_set.ok_models:
         x = inputs.setdefault(m.image_size, prepare_input(pixels, m.image_size))
         if with_cam:
-            cam, logits = gradcam(m.model, x, layer=cam_layer)
+            cam, logits = gradcam(m.model, x, layer=cam_layer_for(m.model, cam_layer))
             p = torch.softmax(logits.float(), 1)[0]
         else:
             cam, p = None, predict_probs(m.model, x)[0]
-        views[m.name] = CleanView(name=m.name, x=x, p_covid=float(p[1]), pred=int(p.argmax()), cam=cam)
+        views[m.name] = CleanView(name=m.name, x=x, probs=p.numpy().astype(np.float64), pred=int(p.argmax()), cam=cam)
     return CleanState(digest=image_digest(pixels), views=views, cam_layer=cam_layer)
 
 
@@ -281,7 +314,7 @@ def add_noise(x: torch.Tensor, kind: str, severity: float, seed: int) -> torch.T
     return apply_corruption(x, name=kind, severity=float(severity), generator=_generator(seed, salt))
 
 
-def attack(model: XrayResNet, x: torch.Tensor, label: int, *, eps: float, steps: int, seed: int,
+def attack(model: XrayNet, x: torch.Tensor, label: int, *, eps: float, steps: int, seed: int,
            keep_first_success: bool = False) -> torch.Tensor:
     """Untargeted L2 PGD against ``label`` (the clean prediction); ``eps`` stated at 224 px."""
     side = int(x.shape[-1])
@@ -307,9 +340,10 @@ class Outcome:
     colour: str
     image_size: int
     error: str | None = None
-    clean_p: float = math.nan
+    classes: tuple[str, ...] = CLASS_NAMES
+    clean_probs: tuple[float, ...] = ()
     clean_pred: int = -1
-    p_covid: float = math.nan
+    probs: tuple[float, ...] = ()
     pred: int = -1
     x_clean: np.ndarray | None = field(default=None, repr=False)
     x_pert: np.ndarray | None = field(default=None, repr=False)
@@ -330,26 +364,59 @@ class Outcome:
         return self.ok and self.pred != self.clean_pred
 
     @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    @property
+    def p_covid(self) -> float:
+        """P(second class) after the perturbation (P(COVID-19) for the COVID task); nan for K > 2."""
+        return float(self.probs[1]) if self.binary and self.probs else math.nan
+
+    @property
+    def clean_p(self) -> float:
+        return float(self.clean_probs[1]) if self.binary and self.clean_probs else math.nan
+
+    @property
+    def tracked_class(self) -> int:
+        """The class whose probability the card follows: the second (COVID-19) for K = 2, else the clean answer."""
+        return 1 if self.binary else max(self.clean_pred, 0)
+
+    @property
+    def p_tracked(self) -> float:
+        return float(self.probs[self.tracked_class]) if self.probs else math.nan
+
+    @property
     def delta_p(self) -> float:
-        return self.p_covid - self.clean_p
+        """Change of the tracked class's probability (P(COVID-19) for the COVID task)."""
+        if not self.probs or not self.clean_probs:
+            return math.nan
+        return self.p_tracked - float(self.clean_probs[self.tracked_class])
+
+    def _name(self, index: int) -> str:
+        return self.classes[index] if 0 <= index < len(self.classes) else "–"
 
     @property
     def label(self) -> str:
-        return CLASS_NAMES[self.pred] if self.pred in (0, 1) else "–"
+        return self._name(self.pred)
 
     @property
     def clean_label(self) -> str:
-        return CLASS_NAMES[self.clean_pred] if self.clean_pred in (0, 1) else "–"
+        return self._name(self.clean_pred)
 
     @property
     def confidence(self) -> float:
-        return max(self.p_covid, 1.0 - self.p_covid)
+        return max(self.probs) if self.probs else math.nan
 
     def summary(self) -> dict[str, Any]:
+        def probs(p):
+            return {c: float(v) for c, v in zip(self.classes, p)}
+
         return {"model": self.name, "method": self.method, "image_size": self.image_size, "error": self.error,
-                "clean": {"class": self.clean_label, "p_covid": self.clean_p},
-                "perturbed": {"class": self.label, "p_covid": self.p_covid},
-                "flipped": self.flipped, "delta_p_covid": self.delta_p if self.ok else None,
+                "classes": list(self.classes),
+                "clean": {"class": self.clean_label, "p_covid": self.clean_p, "probabilities": probs(self.clean_probs)},
+                "perturbed": {"class": self.label, "p_covid": self.p_covid, "probabilities": probs(self.probs)},
+                "flipped": self.flipped, "delta_p_covid": self.delta_p if self.ok and self.binary else None,
+                "delta_p_tracked": self.delta_p if self.ok else None,
                 "perturbation_l2": self.l2, "perturbation_linf": self.linf, "eps_pixels": self.eps_pixels,
                 "warning": self.warning}
 
@@ -375,7 +442,7 @@ def run_stress(model_set: ModelSet, clean: CleanState, pert: Perturbation, *, wi
         attacked = {m.name: a for m, a in zip(todo, advs)}
     for m in model_set.models:
         out = Outcome(name=m.name, method=m.method, colour=m.colour, image_size=m.image_size, error=m.error,
-                      warning=m.collapsed_warning)
+                      warning=m.collapsed_warning, classes=m.classes if m.card else CLASS_NAMES)
         outcomes.append(out)
         if not m.ok or m.name not in clean.views:
             out.error = out.error or "This model could not be loaded."
@@ -396,15 +463,15 @@ def run_stress(model_set: ModelSet, clean: CleanState, pert: Perturbation, *, wi
             xp = transferred.setdefault(m.image_size, resize_to(src_x, m.image_size))
             out.eps_pixels = scale_eps(pert.eps, norm="l2", side=int(src_x.shape[-1]))
         if with_cam and pert.kind != "none":
-            cam_p, logits = gradcam(m.model, xp, layer=clean.cam_layer)
+            cam_p, logits = gradcam(m.model, xp, layer=cam_layer_for(m.model, clean.cam_layer))
             p = torch.softmax(logits.float(), 1)[0]
         elif pert.kind == "none":
-            cam_p, p = v.cam, torch.tensor([1.0 - v.p_covid, v.p_covid])
+            cam_p, p = v.cam, torch.as_tensor(v.probs)
         else:
             cam_p, p = None, predict_probs(m.model, xp)[0]
         d = (xp - x)[0, 0]
-        out.clean_p, out.clean_pred = v.p_covid, v.pred
-        out.p_covid, out.pred = float(p[1]), int(p.argmax())
+        out.clean_probs, out.clean_pred = tuple(float(q) for q in v.probs), v.pred
+        out.probs, out.pred = tuple(float(q) for q in p), int(p.argmax())
         out.x_clean, out.x_pert, out.delta = x[0, 0].numpy(), xp[0, 0].numpy(), d.numpy()
         out.cam_clean, out.cam_pert = v.cam, cam_p
         out.l2, out.linf = float(d.norm()), float(d.abs().max())
@@ -434,7 +501,7 @@ class FlipSearch:
         return f"eps ≈ {self.eps:.2f} (L2 at 224 px; {self.eps_pixels:.3f} at this size)"
 
 
-def _flip_witness(model: XrayResNet, x: torch.Tensor, label: int, eps: float, *, steps: int,
+def _flip_witness(model: XrayNet, x: torch.Tensor, label: int, eps: float, *, steps: int,
                   seed: int) -> float | None:
     """Attack at radius ``eps`` (at 224 px); the L2 size (at 224 px) of the first fooling example, or None."""
     if eps <= 0:
@@ -446,7 +513,7 @@ def _flip_witness(model: XrayResNet, x: torch.Tensor, label: int, eps: float, *,
     return float((x_adv - x).flatten().norm()) * REFERENCE_SIDE / side
 
 
-def smallest_flip_eps(model: XrayResNet, x: torch.Tensor, *, label: int | None = None, max_eps: float = MAX_EPS,
+def smallest_flip_eps(model: XrayNet, x: torch.Tensor, *, label: int | None = None, max_eps: float = MAX_EPS,
                       steps: int = 20, tol: float = 0.05, seed: int = 0, name: str = "") -> FlipSearch:
     """Bisection for the smallest L2 radius (stated at 224 px) at which PGD flips the prediction.
 
@@ -620,21 +687,25 @@ class Sample:
     key: str
     label: int
     path: str
+    class_name: str = ""
 
 
 def test_samples(roots: Sequence[str | Path], card: dict[str, Any], *, limit: int = 200) -> list[Sample]:
     """Images of the test split of a model's card (same seed and fractions), none of its training patients.
 
-    Raises :class:`medrobust.data.DataError` when the folders cannot be read.
+    Only images stored as files are offered (MedMNIST arrays have none to show). Raises
+    :class:`medrobust.data.DataError` when the folders cannot be read.
     """
     from medrobust.data import read_records, split_from_info
 
-    records, _ = read_records([Path(r) for r in roots])
+    records, report = read_records([Path(r) for r in roots])
     split_info = card.get("split", {}) or {}
     split = split_from_info(records, split_info)
     train_patients = set(split_info.get("train_patients", []))
     test = set(split.images["test"])
-    out = [Sample(r.key, r.label, r.path) for r in records if r.key in test and r.patient not in train_patients]
+    names = tuple(getattr(report, "classes", CLASS_NAMES))
+    out = [Sample(r.key, r.label, r.path, names[r.label]) for r in records
+           if r.key in test and r.patient not in train_patients and Path(r.path).is_file()]
     return out[:limit]
 
 

@@ -475,3 +475,114 @@ def test_describe_difference_errors() -> None:
         describe_difference("accuracy", {"a": 0.5}, a_name="a", b_name="b")
     with pytest.raises(ValueError, match="per"):
         describe_difference("accuracy", r(0.1, 0.0, 0.2), a_name="a", b_name="b", per=0)
+
+
+# --------------------------------------------------------------------------- K classes
+
+FINITE_K = ("accuracy", "balanced_accuracy", "auroc", "nll", "brier", "entropy")
+BINARY_ONLY = ("sensitivity", "specificity", "positive_rate")
+
+
+def multiclass_case(k: int, seed: int = 0, n_patients: int = 45) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, (n, k) probs, patient ids): one label per patient, 1-4 images each, every class present."""
+    rng = np.random.default_rng([k, seed])
+    patient_label = rng.integers(0, k, size=n_patients)
+    patient_label[:k] = np.arange(k)
+    groups = np.repeat(np.arange(n_patients), rng.integers(1, 5, size=n_patients))
+    y = patient_label[groups]
+    logits = rng.normal(0.0, 1.0, size=(y.size, k)) + 1.5 * np.eye(k)[y]
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, p, groups
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_multiclass_cluster_bootstrap_contains_point_estimates(k: int) -> None:
+    y, p, g = multiclass_case(k)
+    ref = classification_metrics(labels=y, probs=p)
+    ci = cluster_bootstrap_ci(labels=y, probs=p, groups=g, metrics=ALL, n_boot=400, seed=k)
+    for name in FINITE_K:
+        lo, hi = ci[name]
+        assert lo < ref[name] < hi, (name, lo, ref[name], hi)
+    for name in BINARY_ONLY:
+        assert all(math.isnan(v) for v in ci[name]), name
+    np.testing.assert_equal(cluster_bootstrap_ci(labels=y, probs=p, groups=g, metrics=ALL, n_boot=400, seed=k), ci)
+
+
+def test_multiclass_cluster_interval_is_wider_than_image_interval_for_copied_images() -> None:
+    y1, p1, _ = multiclass_case(3, seed=1, n_patients=60)
+    y1, p1 = y1[:60], p1[:60]
+    y, p, g = np.repeat(y1, 4), np.repeat(p1, 4, axis=0), np.repeat(np.arange(60), 4)
+    lo_c, hi_c = cluster_bootstrap_ci(labels=y, probs=p, groups=g, metrics=("accuracy",), n_boot=1000)["accuracy"]
+    lo_n, hi_n = bootstrap_ci(labels=y, probs=p, metrics=("accuracy",), n_boot=1000)["accuracy"]
+    assert 1.5 < (hi_c - lo_c) / (hi_n - lo_n) < 2.6  # about sqrt(4)
+
+
+def test_multiclass_one_image_per_patient_unstratified_reproduces_bootstrap_ci() -> None:
+    y, p, _ = multiclass_case(4, seed=3)
+    groups = [f"id-{i}" for i in range(y.size)]
+    ours = cluster_bootstrap_ci(labels=y, probs=p, groups=groups, metrics=ALL, n_boot=300, seed=11,
+                                stratify=False)
+    ref = bootstrap_ci(labels=y, probs=p, metrics=ALL, n_boot=300, seed=11)
+    for name in ALL:
+        np.testing.assert_allclose(ours[name], ref[name], rtol=0, atol=1e-12, err_msg=name)
+
+
+def test_stratified_draw_keeps_the_number_of_patients_of_every_class() -> None:
+    patient_label = np.array([2, 0, 0, 1, 0, 2, 0, 0, 0, 1, 0, 0])
+    rng = np.random.default_rng(3)
+    drawn = S._draw_patients(rng, patient_label, 400, True)
+    plain = S._draw_patients(rng, patient_label, 400, False)
+    for c, size in zip(range(3), np.bincount(patient_label)):
+        assert np.all(np.sum(patient_label[drawn] == c, axis=1) == size), c
+    assert np.any(np.sum(patient_label[plain] == 1, axis=1) == 0)  # unstratified can lose a class
+
+
+def test_binary_stratified_draw_is_the_positive_then_negative_draw() -> None:
+    # The binary draw predates K classes; results files depend on it staying the same.
+    patient_pos = np.random.default_rng(5).random(40) < 0.3
+    expected_rng = np.random.default_rng(17)
+    pos_ids, neg_ids = np.flatnonzero(patient_pos), np.flatnonzero(~patient_pos)
+    expected = np.concatenate([
+        pos_ids[expected_rng.integers(0, pos_ids.size, size=(50, pos_ids.size))],
+        neg_ids[expected_rng.integers(0, neg_ids.size, size=(50, neg_ids.size))],
+    ], axis=1)
+    for labels in (patient_pos, patient_pos.astype(np.int64)):
+        np.testing.assert_array_equal(S._draw_patients(np.random.default_rng(17), labels, 50, True), expected)
+
+
+def test_patient_stratum_is_the_largest_label_among_their_images() -> None:
+    labels = [2, 0, 1, 1, 0, 0, 2, 1]  # the largest label is not the last (or first) image's
+    groups = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    probs = np.full((8, 3), 1 / 3)
+    *_, patient_label = S._setup(labels, [("probs", probs)], groups)
+    assert patient_label.tolist() == [2, 1, 0, 2]
+    *_, binary = S._setup([1, 0, 0, 0], [("probs", [0.2, 0.7, 0.1, 0.4])], ["a", "a", "b", "b"])
+    assert binary.tolist() == [1, 0]
+
+
+def test_multiclass_paired_bootstrap() -> None:
+    y, p_a, g = multiclass_case(3, seed=4)
+    res = paired_cluster_bootstrap(labels=y, probs_a=p_a, probs_b=p_a, groups=g, metrics=ALL, n_boot=100)
+    ref = classification_metrics(labels=y, probs=p_a)
+    for name in FINITE_K:
+        assert res[name]["a"] == pytest.approx(ref[name], rel=1e-12, abs=1e-15), name
+        assert res[name]["difference"] == 0.0 and res[name]["ci"] == [0.0, 0.0], name
+    assert all(math.isnan(res[name]["difference"]) for name in BINARY_ONLY)
+    # B: the right class gets a large boost on a quarter of the patients, so B is better.
+    fixed = np.isin(g, np.arange(0, 45, 4))
+    p_b = np.where(fixed[:, None], 0.1 * p_a + 0.9 * np.eye(3)[y], p_a)
+    better = paired_cluster_bootstrap(labels=y, probs_a=p_a, probs_b=p_b, groups=g,
+                                      metrics=("accuracy", "auroc", "nll"), n_boot=500)
+    for name in ("accuracy", "auroc"):
+        assert better[name]["difference"] > 0.0 and better[name]["ci"][0] > 0.0, name
+    assert better["nll"]["ci"][1] < 0.0
+
+
+def test_multiclass_input_errors() -> None:
+    y, p, g = multiclass_case(3)
+    with pytest.raises(ValueError, match=r"probs_b has 4 classes \(columns\) but probs_a has 3"):
+        paired_cluster_bootstrap(labels=y, probs_a=p, probs_b=np.full((y.size, 4), 0.25), groups=g)
+    bad = y.copy()
+    bad[0] = 3
+    with pytest.raises(ValueError, match=r"labels must be integers in 0\.\.K-1 = 0\.\.2"):
+        cluster_bootstrap_ci(labels=bad, probs=p, groups=g)

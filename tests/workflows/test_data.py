@@ -1,12 +1,17 @@
-"""Tests for medrobust.data: reading both upstream layouts, the cache, and the patient-level split."""
+"""Tests for medrobust.data: reading the upstream COVID layouts, CSV manifests, ImageFolder trees and MedMNIST
+.npz files, the cache, and the patient-level split (binary and K-class, random and fixed)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import sys
+import types
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +33,14 @@ from medrobust.data import (
 from medrobust.settings import data_roots
 
 from conftest import make_actualmed_root, make_covid_root, write_image, xray_array
+from synthetic_data import (
+    CLASSES,
+    append_manifest_rows,
+    write_image_folder,
+    write_manifest,
+    write_medmnist_npz,
+    write_png,
+)
 
 
 # ---- read_records -----------------------------------------------------------------------------
@@ -399,3 +412,467 @@ def test_check_no_overlap():
     with pytest.raises(DataError, match="2 patient") as info:
         check_no_overlap(train_patients=["a:1", "a:2", "a:3"], eval_patients=["a:2", "a:3", "a:4"])
     assert "split.json" in str(info.value)
+
+
+# ---- bring your own data: CSV manifests -------------------------------------------------------
+
+def _by_key(records: list[Record], report) -> dict[str, str]:
+    return {r.key: report.classes[r.label] for r in records}
+
+
+def test_manifest_classes_patients_sources_and_drop_reasons(tmp_path):
+    m = write_manifest(tmp_path / "m", bad_rows=True)
+    records, report = read_records([m.root])
+    assert report.classes == ("covid", "normal", "pneumonia") == m.classes  # sorted label names
+    assert dict(report.dropped) == m.dropped == {"image file missing": 1, "empty label": 1, "duplicate path": 1,
+                                                 "invalid split value": 1}
+    assert _by_key(records, report) == m.labels and report.kept == len(records) == 72
+    assert {r.key: r.patient for r in records} == m.patients
+    assert {r.source for r in records} == {"site-a", "site-b"}
+    assert len({r.patient for r in records}) == 36  # 12 patients per class, two images each
+    for r in records:
+        assert r.finding == report.classes[r.label] and r.view == "" and r.split is None
+        assert Path(r.path).is_file() and r.key == f"{r.source}/{r.filename}"
+        assert r.filename.startswith("images/")  # the path as written in the CSV
+    assert report.warnings == []  # patients are known
+    assert [r.key for r in records] == sorted(r.key for r in records)
+    summary = report.summary()
+    assert "kept 72 images (covid 24, normal 24, pneumonia 24)" in summary and "1 invalid split value" in summary
+    d = report.to_dict()
+    assert d["classes"] == ["covid", "normal", "pneumonia"] and d["per_class"] == {c: 24 for c in CLASSES}
+    assert d["dropped"]["duplicate path"] == 1 and d["warnings"] == []
+
+
+def test_the_same_file_under_two_spellings_is_a_duplicate_path(tmp_path):
+    m = write_manifest(tmp_path / "m", patients_per_class=2)
+    first = next(iter(m.labels)).split("/", 1)[1]
+    append_manifest_rows(m.root, [{"path": f"./{first}", "label": "covid", "patient": "x", "source": "site-a"},
+                                  {"path": str(tmp_path / "m" / first), "label": "covid", "patient": "y"}])
+    records, report = read_records([m.root])
+    assert report.dropped == Counter({"duplicate path": 2}) and len(records) == m.kept
+
+
+def test_manifest_explicit_classes_order_and_unknown_class(tmp_path):
+    m = write_manifest(tmp_path / "m", patients_per_class=3)
+    extra = write_png(tmp_path / "m" / "images" / "rare.png", np.full((32, 32), 0.5))
+    append_manifest_rows(m.root, [{"path": "images/rare.png", "label": "rare", "patient": "r1", "source": "site-a"}])
+    # From the data: every label name, sorted.
+    _, report = read_records([m.root])
+    assert report.classes == ("covid", "normal", "pneumonia", "rare") and report.kept == m.kept + 1
+    # Given: its order wins, other labels are dropped as unknown.
+    records, report = read_records([m.root], classes=list(CLASSES))
+    assert report.classes == CLASSES == ("normal", "pneumonia", "covid")
+    assert report.dropped == Counter({"unknown class": 1})
+    assert _by_key(records, report) == m.labels
+    assert {r.label for r in records if r.finding == "covid"} == {2}
+    assert str(extra) not in {r.path for r in records}
+    records, report = read_records([m.root], classes=("covid", "normal"))
+    assert report.classes == ("covid", "normal") and report.dropped["unknown class"] == 6 + 1
+    assert {r.finding for r in records} == {"covid", "normal"}
+    ds = load_dataset([m.root], image_size=32, classes=["pneumonia", "normal", "covid"])
+    assert ds.classes == ("pneumonia", "normal", "covid")
+    assert ds.labels.tolist() == [ds.classes.index(r.finding) for r in ds.records]
+    assert ds.subset([ds.records[0].key]).classes == ds.classes
+
+
+@pytest.mark.parametrize("classes, match", [
+    (["a", "a"], "more than once"), (["a", " "], "empty class name"), ("ab", "list of class names"),
+    (["only"], "at least two classes"),
+])
+def test_bad_explicit_classes_are_a_data_error(tmp_path, classes, match):
+    m = write_manifest(tmp_path / "m", patients_per_class=1)
+    with pytest.raises(DataError, match=match):
+        read_records([m.root], classes=classes)
+
+
+def test_a_single_class_manifest_is_a_data_error(tmp_path):
+    m = write_manifest(tmp_path / "m", classes=("normal",), patients_per_class=2)
+    with pytest.raises(DataError, match="at least two classes") as info:
+        read_records([m.root])
+    assert "normal" in str(info.value)
+
+
+@pytest.mark.parametrize("header, missing", [
+    ("file,label\n", "path"), ("path,class\n", "label"), ("patient\n", "path, label"),
+])
+def test_manifest_missing_columns_are_a_data_error(tmp_path, header, missing):
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_text(header + "a,b\n")
+    with pytest.raises(DataError, match="lacks the column") as info:
+        read_records([csv_path])
+    assert f"column(s) {missing} " in str(info.value) and "bad.csv" in str(info.value)
+
+
+def test_manifest_fixed_splits_are_honoured_without_randomness(tmp_path):
+    m = write_manifest(tmp_path / "m", with_split=True)
+    records, report = read_records([m.root])
+    assert {r.key: r.split for r in records} == m.splits
+    expected = {part: sorted(k for k, s in m.splits.items() if s == part) for part in D.SPLIT_NAMES}
+    for seed in (0, 1, 2):
+        split = split_by_patient(records, seed=seed)
+        assert split.images == expected
+        _check_partition(records, split)
+    with pytest.raises(DataError, match="cross-validation needs data without a split column"):
+        split_kfold(records, seed=0, folds=3, fold=0)
+    with pytest.raises(DataError, match="cross-validation"):
+        split_from_info(records, {"seed": 0, "folds": 3, "fold": 1})
+    assert split_from_info(records, {"seed": 5}).images == expected
+
+
+def test_partly_fixed_splits_split_the_rest_at_random(tmp_path):
+    m = write_manifest(tmp_path / "m", with_split=True)
+    rows = list(csv.DictReader(open(m.root, newline="")))
+    free = {r["patient"] for r in rows if r["patient"].endswith(("0", "1", "2"))}  # 5 patients of each class
+    for r in rows:
+        if r["patient"] in free:
+            r["split"] = ""
+    with open(m.root, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    records, _ = read_records([m.root])
+    fixed = {r.key: r.split for r in records if r.split}
+    assert 0 < len(fixed) < len(records)
+    splits = [split_by_patient(records, seed=s) for s in range(8)]
+    for s in splits:
+        _check_partition(records, s)
+        for part in D.SPLIT_NAMES:
+            assert {k for k in s.images[part] if k in fixed} == {k for k, v in fixed.items() if v == part}
+    assert len({s.hash for s in splits}) > 1  # the free patients move with the seed
+
+
+def test_a_patient_in_two_fixed_splits_is_refused(tmp_path):
+    m = write_manifest(tmp_path / "m", with_split=True, patients_per_class=4)
+    rows = list(csv.DictReader(open(m.root, newline="")))
+    assert rows[0]["patient"] == rows[1]["patient"] == "normal-000" and rows[0]["split"] == "train"
+    rows[1]["split"] = "TEST"  # case-insensitive, but not the patient's other split
+    with open(m.root, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    records, _ = read_records([m.root])
+    with pytest.raises(DataError, match="fixed splits test and train") as info:
+        split_by_patient(records, seed=0)
+    assert "site-a:normal-000" in str(info.value)
+
+
+def test_manifest_without_patient_column_warns_and_splits_per_image(tmp_path):
+    m = write_manifest(tmp_path / "m", with_patient=False, with_source=False, patients_per_class=4)
+    records, report = read_records([m.root])
+    assert {r.source for r in records} == {"manifest"}  # the CSV's stem
+    assert len({r.patient for r in records}) == len(records)  # one patient per image
+    assert {r.key: r.patient for r in records} == m.patients
+    assert len(report.warnings) == 1 and "per image, not per patient" in report.warnings[0]
+    assert str(m.root) in report.warnings[0]
+    assert "warning:" in report.summary() and report.to_dict()["warnings"] == report.warnings
+    _check_partition(records, split_by_patient(records, seed=0))
+
+
+def test_manifest_absolute_paths_and_empty_patient_cells(tmp_path):
+    img = write_png(tmp_path / "elsewhere" / "x.png", np.full((32, 32), 0.3))
+    img2 = write_png(tmp_path / "elsewhere" / "y.png", np.full((32, 32), 0.6))
+    csv_path = tmp_path / "lists" / "study.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_text(f"path,label,patient\n{img},a,p1\n{img2},b,\n")
+    records, report = read_records([csv_path])
+    assert [r.key for r in records] == [f"study/{img}", f"study/{img2}"]
+    assert [r.patient for r in records] == ["study:p1", f"study:{img2}"]
+    assert any("1 row(s) have no patient id" in w for w in report.warnings)
+
+
+def test_two_manifests_with_the_same_stem_get_distinct_sources(tmp_path):
+    a = write_manifest(tmp_path / "a", with_source=False, patients_per_class=2)
+    b = write_manifest(tmp_path / "b", with_source=False, patients_per_class=2)
+    records, report = read_records([a.root, b.root])
+    assert {r.source for r in records} == {"manifest", "manifest-2"} and report.kept == a.kept + b.kept
+    # With a source column, two manifests naming the same image path for the same site clash.
+    c = write_manifest(tmp_path / "c", patients_per_class=2)
+    d = write_manifest(tmp_path / "d", patients_per_class=2)
+    with pytest.raises(DataError, match="record key"):
+        read_records([c.root, d.root])
+
+
+def test_unknown_root_kind_is_a_data_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="neither a CSV manifest"):
+        read_records([tmp_path / "notes.txt"])
+    with pytest.raises(DataError, match="does not exist"):
+        read_records([tmp_path / "absent.csv"])
+
+
+# ---- ImageFolder trees -------------------------------------------------------------------------
+
+def test_image_folder_tree(tmp_path):
+    f = write_image_folder(tmp_path / "data")
+    (f.root / "empty-class").mkdir()
+    (f.root / "README.txt").write_text("top-level files are not images of a class\n")
+    upper = f.root / "covid" / "img-000.png"
+    upper.rename(upper.with_suffix(".PNG"))  # extensions match in any case
+    f.labels["xray-folder/covid/img-000.PNG"] = f.labels.pop("xray-folder/covid/img-000.png")
+    records, report = read_records([f.root])
+    assert report.classes == ("covid", "normal", "pneumonia")
+    assert _by_key(records, report) == f.labels and report.kept == 72
+    assert report.per_class == Counter({0: 24, 1: 24, 2: 24})
+    assert any("/batch-2/" in r.key for r in records)  # nested folders are walked
+    assert not any(r.key.endswith((".txt", ".thumb.png")) for r in records)  # junk and hidden files ignored
+    assert all(r.source == "xray-folder" and r.view == "" and r.split is None for r in records)
+    assert len({r.patient for r in records}) == len(records)
+    assert any("per image, not per patient" in w for w in report.warnings)
+    assert any("empty-class" in w for w in report.warnings)
+    _check_partition(records, split_by_patient(records, seed=1))
+    _check_partition(records, split_kfold(records, seed=1, folds=4, fold=2))
+
+
+def test_roots_must_agree_on_classes_unless_given(tmp_path):
+    f = write_image_folder(tmp_path / "data", per_class=3)
+    m = write_manifest(tmp_path / "m", patients_per_class=2)
+    records, report = read_records([f.root, m.root])  # both: covid, normal, pneumonia
+    assert report.kept == f.kept + m.kept and report.classes == f.classes
+    two = write_manifest(tmp_path / "two", name="two.csv", classes=("normal", "covid"), patients_per_class=2)
+    with pytest.raises(DataError, match="disagree on their classes") as info:
+        read_records([f.root, two.root])
+    assert str(f.root) in str(info.value) and str(two.root) in str(info.value) and "classes=" in str(info.value)
+    records, report = read_records([f.root, two.root], classes=["normal", "covid"])
+    assert report.classes == ("normal", "covid") and report.dropped == Counter({"unknown class": 3})
+
+
+def test_covid_layout_mixes_with_a_manifest_when_classes_are_given(covid_root, tmp_path):
+    m = write_manifest(tmp_path / "m", classes=("non-COVID", "COVID-19"), patients_per_class=2)
+    with pytest.raises(DataError, match="disagree"):  # sorted names put COVID-19 first
+        read_records([covid_root.path, m.root])
+    records, report = read_records([covid_root.path, m.root], classes=list(D.CLASS_NAMES))
+    alone, _ = read_records([covid_root.path])
+    assert [r for r in records if r.source == "covid-chestxray"] == alone  # labels unchanged
+    assert report.kept == covid_root.kept + m.kept
+    # An explicit order may also flip the COVID labels.
+    flipped, rep = read_records([covid_root.path], classes=["COVID-19", "non-COVID"])
+    assert [1 - r.label for r in flipped] == [r.label for r in alone] and rep.classes == ("COVID-19", "non-COVID")
+
+
+# ---- MedMNIST .npz ----------------------------------------------------------------------------
+
+def test_medmnist_npz_records_and_fixed_split(tmp_path):
+    n = write_medmnist_npz(tmp_path / "toymnist.npz")
+    records, report = read_records([n.root])
+    assert report.classes == ("0", "1", "2") == n.classes
+    assert _by_key(records, report) == n.labels and report.kept == 3 * (24 + 4 + 8)
+    assert {r.key: r.split for r in records} == n.splits
+    assert {r.key: r.patient for r in records} == n.patients
+    r = next(r for r in records if r.key == "toymnist/val/3")
+    assert r.path == f"{(tmp_path / 'toymnist.npz').resolve()}::val/3" and r.filename == "val/3"
+    assert D.npz_ref(r.path) == (str((tmp_path / "toymnist.npz").resolve()), "val", 3)
+    assert any("MedMNIST has no patient ids" in w and "per image, not per patient" in w for w in report.warnings)
+    split = split_by_patient(records, seed=123)
+    assert split.images == {p: sorted(k for k, s in n.splits.items() if s == p) for p in D.SPLIT_NAMES}
+    with pytest.raises(DataError, match="cross-validation"):
+        split_kfold(records, seed=0, folds=5, fold=0)
+
+
+def test_medmnist_grey_and_rgb_decode_to_the_same_picture(tmp_path):
+    grey = write_medmnist_npz(tmp_path / "grey.npz", size=28, seed=3)
+    rgb = write_medmnist_npz(tmp_path / "rgb.npz", size=28, rgb=True, compressed=True, seed=3)
+    dg = load_dataset([grey.root], image_size=32)
+    dr = load_dataset([rgb.root], image_size=32)
+    assert dg.images.shape == dr.images.shape == (108, 1, 32, 32) and dg.classes == ("0", "1", "2")
+    assert [r.key.split("/", 1)[1] for r in dg.records] == [r.key.split("/", 1)[1] for r in dr.records]
+    assert torch.equal(dg.labels, dr.labels)
+    diff = (dg.images.float() - dr.images.float()).abs()
+    assert diff.mean() < 1.0 and diff.max() <= 16  # luma of the tinted RGB is the grey picture (rounding/clipping)
+    # The RGB image is exactly its ITU-R 601 luma, resized like every other image.
+    with np.load(rgb.root) as z:
+        arr = z["train_images"][5].astype(np.float64)
+    luma = (arr @ np.array([0.299, 0.587, 0.114])) / 255
+    expected = (D.to_square(luma.astype(np.float32), size=32) * 255).round().to(torch.uint8)
+    i = next(i for i, r in enumerate(dr.records) if r.key == "rgb/train/5")
+    assert (dr.images[i].int() - expected.int()).abs().max() <= 1
+    # Learnable: the classes differ in mean brightness.
+    means = [dg.images[dg.labels == c].float().mean().item() for c in range(3)]
+    assert means[0] < means[1] < means[2]
+
+
+def test_medmnist_multi_label_is_refused(tmp_path):
+    n = write_medmnist_npz(tmp_path / "chesty.npz", multi_label=True, counts={"train": 2, "val": 1, "test": 1})
+    with pytest.raises(DataError, match="multi-label") as info:
+        read_records([n.root])
+    assert "3 label columns" in str(info.value)
+
+
+def test_medmnist_bad_files_are_data_errors(tmp_path):
+    np.savez(tmp_path / "partial.npz", train_images=np.zeros((2, 8, 8), np.uint8), train_labels=np.zeros((2, 1)))
+    with pytest.raises(DataError, match="lacks the array") as info:
+        read_records([tmp_path / "partial.npz"])
+    assert "val_images" in str(info.value) and "test_labels" in str(info.value)
+    parts = {f"{p}_{k}": (np.zeros((2, 8, 8), np.float32) if k == "images" else np.zeros((2, 1), np.int64))
+             for p in D.SPLIT_NAMES for k in ("images", "labels")}
+    np.savez(tmp_path / "floaty.npz", **parts)
+    with pytest.raises(DataError, match="uint8"):
+        read_records([tmp_path / "floaty.npz"])
+    parts = {k: (np.zeros((2, 8, 8), np.uint8) if k.endswith("images") else np.zeros((3, 1), np.int64))
+             for k in parts}
+    np.savez(tmp_path / "short.npz", **parts)
+    with pytest.raises(DataError, match="holds 2 images"):
+        read_records([tmp_path / "short.npz"])
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="Cannot read the .npz"):
+        read_records([tmp_path / "junk.npz"])
+
+
+def test_medmnist_class_names_from_the_medmnist_package(tmp_path, monkeypatch):
+    n = write_medmnist_npz(tmp_path / "pneumoniamnist_64.npz", n_classes=2, counts={"train": 2, "val": 1, "test": 1})
+    fake = types.SimpleNamespace(INFO={"pneumoniamnist": {"label": {"0": "normal", "1": "pneumonia"}}})
+    monkeypatch.setitem(sys.modules, "medmnist", fake)
+    records, report = read_records([n.root])
+    assert report.classes == ("normal", "pneumonia") and {r.finding for r in records} == {"normal", "pneumonia"}
+    # Explicit classes select by these names.
+    _, rep = read_records([n.root], classes=["pneumonia", "normal"])
+    assert rep.classes == ("pneumonia", "normal") and rep.kept == len(records)
+    monkeypatch.setitem(sys.modules, "medmnist", None)  # not installed: import raises ImportError
+    _, report = read_records([n.root])
+    assert report.classes == ("0", "1")
+
+
+# ---- the cache for every layout ----------------------------------------------------------------
+
+def _write_layout(kind: str, base: Path):
+    if kind == "manifest":
+        return write_manifest(base / "m", with_split=True, patients_per_class=3)
+    if kind == "folder":
+        return write_image_folder(base / "data", per_class=6)
+    return write_medmnist_npz(base / "toymnist.npz", counts={"train": 4, "val": 1, "test": 2}, rgb=True)
+
+
+@pytest.mark.parametrize("kind", ["manifest", "folder", "npz"])
+def test_new_layouts_cache_and_reload_identically(kind, tmp_path, monkeypatch):
+    syn = _write_layout(kind, tmp_path)
+    first = load_dataset([syn.root], image_size=32)
+    assert len(first) == syn.kept and first.images.shape == (syn.kept, 1, 32, 32)
+    assert {r.key: first.classes[int(y)] for r, y in zip(first.records, first.labels)} == syn.labels
+
+    def boom(*a, **k):
+        raise AssertionError("decoded an image although the cache is valid")
+
+    monkeypatch.setattr(D, "load_image_file", boom)
+    monkeypatch.setattr(D, "_npz_images", boom)
+    second = load_dataset([syn.root], image_size=32)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert first.records == second.records and second.classes == first.classes
+    assert second.report.to_dict() == first.report.to_dict() and second.inputs_hash == first.inputs_hash
+
+
+def test_edited_npz_invalidates_the_cache(tmp_path, monkeypatch):
+    path = tmp_path / "toymnist.npz"
+    write_medmnist_npz(path, counts={"train": 3, "val": 1, "test": 1}, seed=0)
+    first = load_dataset([path], image_size=32)
+    reads = []
+    real = D._npz_images
+    monkeypatch.setattr(D, "_npz_images", lambda *a: reads.append(a) or real(*a))
+    assert torch.equal(load_dataset([path], image_size=32).images, first.images) and reads == []
+    before = path.stat()
+    write_medmnist_npz(path, counts={"train": 3, "val": 1, "test": 1}, seed=0, rgb=True)  # same labels, new pixels
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000))
+    second = load_dataset([path], image_size=32)
+    assert sorted(part for _, part in reads) == ["test", "train", "val"]  # each part read once
+    assert second.inputs_hash != first.inputs_hash
+    assert not torch.equal(second.images, first.images)
+
+
+def test_unreadable_manifest_image_is_dropped_at_decode_time(tmp_path):
+    m = write_manifest(tmp_path / "m", patients_per_class=2)
+    key = next(iter(m.labels))
+    (tmp_path / "m" / key.split("/", 1)[1]).write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
+    ds = load_dataset([m.root], image_size=32)
+    assert ds.report.dropped["image file unreadable"] == 1 and key not in {r.key for r in ds.records}
+
+
+def test_record_positional_construction_still_works():
+    r = Record("s", "s:1", "a.png", "a.png", "COVID-19", "PA", 1)
+    assert r.split is None and r.key == "s/a.png"
+
+
+# ---- splits for K classes ----------------------------------------------------------------------
+
+def _old_split_by_patient(records: list[Record], *, seed: int, fractions=D.DEFAULT_SPLIT) -> dict:
+    """The binary split exactly as medrobust shipped it (the shipped models' split hashes depend on it)."""
+    import random
+
+    by_patient: dict[str, list[Record]] = {}
+    for r in records:
+        by_patient.setdefault(r.patient, []).append(r)
+    strata: dict[int, list[str]] = {0: [], 1: []}
+    for pid, recs in sorted(by_patient.items()):
+        strata[max(r.label for r in recs)].append(pid)
+    rng = random.Random(seed)
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for label in (0, 1):
+        pids = strata[label]
+        rng.shuffle(pids)
+        n = len(pids)
+        n_train, n_val = round(n * fractions[0]), round(n * fractions[1])
+        if n >= 3 and fractions[2] > 0 and n_train + n_val >= n:
+            n_train = max(1, n - n_val - 1)
+        parts["train"] += pids[:n_train]
+        parts["val"] += pids[n_train : n_train + n_val]
+        parts["test"] += pids[n_train + n_val :]
+    return {name: sorted(r.key for p in pids for r in by_patient[p]) for name, pids in parts.items()}
+
+
+@settings(max_examples=100, deadline=None)
+@given(layout=layouts, seed=st.integers(0, 2**31 - 1))
+def test_binary_split_is_unchanged(layout, seed):
+    records = _records(layout)
+    assert split_by_patient(records, seed=seed).images == _old_split_by_patient(records, seed=seed)
+
+
+def _k_records(k: int, layout: list[tuple[list[int], str | None]]) -> list[Record]:
+    """``layout[p]`` = (labels of patient p's images, the patient's fixed split or None)."""
+    out = []
+    for p, (labels, part) in enumerate(layout):
+        for j, label in enumerate(labels):
+            fname = f"p{p}-{j}.png"
+            out.append(Record(source="s", patient=f"s:{p}", filename=fname, path=fname, finding=str(label % k),
+                              view="", label=label % k, split=part))
+    return out
+
+
+k_layouts = st.integers(2, 5).flatmap(lambda k: st.tuples(st.just(k), st.lists(
+    st.tuples(st.lists(st.integers(0, k - 1), min_size=1, max_size=4),
+              st.sampled_from([None, None, None, "train", "val", "test"])), min_size=1, max_size=40)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=k_layouts, seed=st.integers(0, 2**31 - 1), fixed=st.booleans())
+def test_k_class_split_is_a_patient_partition(data, seed, fixed):
+    k, layout = data
+    if not fixed:
+        layout = [(labels, None) for labels, _ in layout]
+    records = _k_records(k, layout)
+    split = split_by_patient(records, seed=seed)
+    _check_partition(records, split)
+    for p, (_, part) in enumerate(layout):
+        if part is not None:
+            assert f"s:{p}" in split.patients[part]
+    assert split_by_patient(list(reversed(records)), seed=seed).images == split.images
+    if not fixed:  # stratified over every class present
+        label_of = {f"s:{p}": max(labels) for p, (labels, _) in enumerate(layout)}
+        for label in set(label_of.values()):
+            n = sum(1 for v in label_of.values() if v == label)
+            n_train = sum(1 for p in split.patients["train"] if label_of[p] == label)
+            assert abs(n_train - 0.7 * n) <= 1.0
+            if n >= 3:
+                assert any(label_of[p] == label for p in split.patients["test"])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=k_layouts, seed=st.integers(0, 2**31 - 1), folds=st.integers(2, 5))
+def test_k_class_kfold_is_a_patient_partition(data, seed, folds):
+    k, layout = data
+    records = _k_records(k, [(labels, None) for labels, _ in layout])
+    splits = [split_kfold(records, seed=seed, folds=folds, fold=f) for f in range(folds)]
+    assert sorted(key for s in splits for key in s.images["test"]) == sorted(r.key for r in records)
+    label_of = {f"s:{p}": max(labels) for p, (labels, _) in enumerate(layout)}
+    for s in splits:
+        _check_partition(records, s)
+    for label in set(label_of.values()):
+        n = sum(1 for v in label_of.values() if v == label)
+        per_fold = [sum(1 for p in s.patients["test"] if label_of[p] == label) for s in splits]
+        assert set(per_fold) <= {n // folds, -(-n // folds)}
