@@ -35,6 +35,7 @@ from medrobust.models import (
     fix_legacy_keys,
     head_name,
     model_spec,
+    normalisation_stats,
 )
 
 CARD_VERSION = 1
@@ -229,18 +230,13 @@ def _check_weights_file(path: Path) -> None:
 
 
 def _floats(name: str, value: Sequence[float] | float | None, in_channels: int) -> list[float] | None:
+    """``mean``/``std`` checked by the model's own rule (:func:`medrobust.models.normalisation_stats`), as a CheckpointError."""
     if value is None:
         return None
-    vals = [value] if isinstance(value, (int, float)) else list(value)
     try:
-        vals = [float(v) for v in vals]
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{name} must be numbers, got {value!r}.") from None
-    if len(vals) != in_channels:
-        raise CheckpointError(f"{name} needs {in_channels} value(s) for in_channels={in_channels}, got {len(vals)}: {vals}.")
-    if name == "std" and min(vals) <= 0:
-        raise CheckpointError(f"std must be positive, got {vals}.")
-    return vals
+        return normalisation_stats(name, value, (), in_channels)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _first(keys: Sequence[str], n: int = 4) -> str:

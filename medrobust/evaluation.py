@@ -650,8 +650,9 @@ def evaluate_fold(
             log(f"fold {fold}: reusing its evaluation in {cache}")
             return PerSample.load(cache / f"fold{fold}.npz"), saved["summary"], card
     size = int(card.get("image_size") or card["config"]["image_size"])
-    if data is None or data.image_size != size:
-        data = load_dataset(roots, image_size=size)
+    classes = (card.get("config") or {}).get("classes")  # the training run's class order, if it fixed one
+    if data is None or data.image_size != size or (classes and tuple(data.classes) != tuple(classes)):
+        data = load_dataset(roots, image_size=size, classes=classes)
     split = split_from_info(data.records, split_info)
     check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients["test"])
     test = data.subset(split.images["test"])

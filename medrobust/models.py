@@ -78,8 +78,12 @@ def head_name(arch: str | Arch) -> str:
     return "fc" if arch in _RESNETS else _HEAD[arch]
 
 
-def _stats(name: str, value: float | Sequence[float] | torch.Tensor | None, default: Sequence[float],
-           in_channels: int) -> list[float]:
+def normalisation_stats(name: str, value: float | Sequence[float] | torch.Tensor | None, default: Sequence[float],
+                        in_channels: int) -> list[float]:
+    """``mean`` or ``std`` (``name``) as ``in_channels`` finite floats (std > 0); ``default`` when ``value`` is None.
+
+    Raises ValueError with one line naming what is wrong.
+    """
     if value is None:
         return list(default)
     if isinstance(value, torch.Tensor):
@@ -142,8 +146,8 @@ class XrayNet(nn.Module):
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grey) or 3 (grey repeated to RGB), got {in_channels}.")
         grey = in_channels == 1
-        mean_v = _stats("mean", mean, [GREY_MEAN] if grey else IMAGENET_MEAN, in_channels)
-        std_v = _stats("std", std, [GREY_STD] if grey else IMAGENET_STD, in_channels)
+        mean_v = normalisation_stats("mean", mean, [GREY_MEAN] if grey else IMAGENET_MEAN, in_channels)
+        std_v = normalisation_stats("std", std, [GREY_STD] if grey else IMAGENET_STD, in_channels)
 
         from torchvision.models import get_model
 

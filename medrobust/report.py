@@ -271,7 +271,7 @@ def render_report(results: Sequence[dict[str, Any]]) -> str:
 def audit_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per audited result: balanced accuracy / AUROC clean, lungs blanked, border blanked; CAM share."""
     rows = []
-    for r in results:
+    for r in _sorted(results):
         a = r.get("audit")
         if not a:
             continue
@@ -300,7 +300,7 @@ def table_audit(results: Sequence[dict[str, Any]]) -> str:
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows]
-    verdicts = [f"- {r['name']}: {v}" for r in results for v in (r.get("audit") or {}).get("verdicts", [])]
+    verdicts = [f"- {r['name']}: {v}" for r in _sorted(results) for v in (r.get("audit") or {}).get("verdicts", [])]
     return "\n".join(lines + ([""] + verdicts if verdicts else []))
 
 

@@ -415,7 +415,7 @@ def test_import_refuses_a_wrong_head_channels_or_architecture(tmp_path):
     ({"classes": ["a", "a"]}, "at least two distinct"),
     ({"in_channels": 2}, "in_channels must be 1 .* or 3"),
     ({"mean": [0.5, 0.5]}, "mean needs 1 value"),
-    ({"std": [0.0]}, "std must be positive"),
+    ({"std": [0.0]}, "std must be finite and positive"),
     ({"arch": "vgg16"}, "Unknown architecture 'vgg16'"),
     ({"name": "../escape"}, "must be letters, digits"),
     ({"extra": {"arch": "resnet50"}}, "extra cannot set arch"),
