@@ -105,3 +105,11 @@ def test_every_model_gets_its_own_colour(own_models):
     assert len({m.colour for m in ms.models}) == 5
     dense = ms.get("hospital-densenet")
     assert dense.classes == tuple(CLASSES) and dense.model.in_channels == 3
+
+
+def test_calibration_page_handles_three_classes(env):
+    at = _page("views/calibration.py")
+    _no_exception(at)
+    assert len(at.get("plotly_chart")) >= 2
+    text = "\n".join(str(e.value) for e in [*at.markdown, *at.caption, *at.subheader])
+    assert "hospital-densenet" in text or any("hospital-densenet" in str(c.proto) for c in at.get("plotly_chart"))
