@@ -1,7 +1,9 @@
 """medrobust dashboard: `streamlit run app.py`.
 
 Pages (st.navigation; the Overview is the landing page): Overview, Stress test, Calibration,
-Training, Downloads. Pages are thin: all computing lives in the medrobust package.
+Training, Downloads. Pages are thin: all computing lives in the medrobust package. With
+``MEDROBUST_DEMO=1`` (the Docker image's documented run command) every page carries a research-use
+notice, PGD steps and the flip search are capped, and training is hidden unless an admin token is set.
 
 The page scripts live in views/, not pages/: Streamlit 1.67 routes any request through a pages/
 folder beside the entry point until st.navigation first runs (runtime/pages_manager.py), so a
@@ -11,6 +13,7 @@ test's script is views/stress_lab.py: a name ending in _test.py would be collect
 
 import streamlit as st
 
+from medrobust.dashboard import ui
 from medrobust.dashboard.hosting import keep_uploads_in_memory
 
 keep_uploads_in_memory()  # uploads never touch /tmp (Starlette would spool files over 1 MB there)
@@ -27,4 +30,6 @@ PAGES = [
 # Overview, Calibration and Downloads never import torch (tested), so the landing page is up in seconds;
 # the Stress test imports it on first use. (Importing it in a background thread was measured to slow the
 # landing page down: the import holds the GIL that the server needs to send the page.)
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+ui.demo_notice()  # MEDROBUST_DEMO=1: "research models, not a diagnostic device" on every page
+page.run()

@@ -10,6 +10,9 @@
 * ``MEDROBUST_CPU_BF16``: ``1``/``0`` forces bf16 autocast on the CPU on/off (default hardware detection)
 * ``MEDROBUST_TORCH_THREADS``: intra-op threads of the dashboard process (default ``1``)
 * ``MEDROBUST_DICOM_TIMEOUT_S``: wall-clock limit for decoding one DICOM file (seconds) (default ``15``)
+* ``MEDROBUST_DEMO``: ``1`` runs the dashboard as a public demo: training hidden unless an admin token is set,
+  PGD steps and the flip search capped, a "research models, not a diagnostic device" notice on every page
+  (default off)
 
 Nothing is read at import time: a test (or a user) that changes a variable changes the next decision.
 """
@@ -30,6 +33,7 @@ ENV_ADMIN_TOKEN = "MEDROBUST_ADMIN_TOKEN"
 ENV_CPU_BF16 = "MEDROBUST_CPU_BF16"
 ENV_TORCH_THREADS = "MEDROBUST_TORCH_THREADS"
 ENV_DICOM_TIMEOUT = "MEDROBUST_DICOM_TIMEOUT_S"
+ENV_DEMO = "MEDROBUST_DEMO"
 
 
 def _path(var: str, default: str | Path) -> Path:
@@ -86,6 +90,11 @@ def jobs_dir() -> Path:
 def admin_token() -> str | None:
     """The dashboard's admin token, or None when none is set (jobs are then open to every visitor)."""
     return os.environ.get(ENV_ADMIN_TOKEN) or None
+
+
+def demo_mode() -> bool:
+    """``MEDROBUST_DEMO``: True for ``1``/``true``/``yes``/``on`` (any case), else False."""
+    return (os.environ.get(ENV_DEMO) or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def cpu_bf16_override() -> bool | None:

@@ -126,6 +126,7 @@ image_info["digest"] = stress.image_digest(decoded.pixels)
 image_info["model_sizes"] = sizes
 
 # ----------------------------------------------------------------------------- controls
+lim = stress.limits()
 kinds = list(stress.KINDS)
 c1, c2, c3 = st.columns([2, 3, 2])
 with c1:
@@ -139,7 +140,8 @@ with c2:
     elif kind == "pgd":
         eps = st.slider("L2 eps (stated at 224 px)", 0.0, stress.MAX_EPS, 1.0, 0.25, key="eps",
                         help="As in the benchmark: scaled by side/224 to the model's resolution.")
-        steps = st.slider("PGD steps", 1, stress.MAX_STEPS, 20, 1, key="steps")
+        steps = st.slider("PGD steps", 1, lim.max_steps, min(20, lim.max_steps), 1, key="steps",
+                          help="Capped at 20 on this public demo." if lim.max_steps < stress.MAX_STEPS else None)
         mode = st.radio("Attack", ["own", "transfer"], horizontal=True, key="mode",
                         format_func={"own": "each model on its own", "transfer": "transfer from one model"}.get)
         if mode == "transfer":
@@ -152,7 +154,7 @@ with c3:
                              help="layer4 (the usual choice) is a 2×2 grid at 64 px, so smaller models default to "
                                   "layer3 (4×4 at 64 px). Networks other than ResNets use their own stages: layer4 "
                                   "= the deepest, layer3 = one earlier. A flat map is drawn as no overlay.")
-    flip_steps = st.slider("PGD steps for the flip search", 5, 50, 10, 5, key="flip_steps",
+    flip_steps = st.slider("PGD steps for the flip search", 5, lim.max_flip_steps, 10, 5, key="flip_steps",
                            help="More steps find smaller flipping radii but take longer (about 7 attacks per model).")
     find_flip = st.button("Smallest eps that flips each prediction", key="find_flip",
                           help="Bisection over the L2 PGD radius (0–5 at 224 px), per model.")

@@ -14,6 +14,11 @@ from medrobust.training import PRESETS, TrainConfig
 
 ui.page_header("Training", "Train a new model in the background; it keeps running if you close the tab.")
 
+if ui.training_is_hidden():
+    st.info("Training and evaluation jobs are switched off on this public demo. Whoever runs the server can enable "
+            "them for token holders by setting `MEDROBUST_ADMIN_TOKEN`.", icon=":material/lock:")
+    st.stop()
+
 manager = jobs.JobManager()
 
 if jobs.token_required():

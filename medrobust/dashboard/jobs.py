@@ -248,7 +248,10 @@ class JobManager:
     # -- control
     def launch(self, command: Sequence[str], *, kind: str, run_dir: str | Path, data: Sequence[str | Path] = (),
                token: str | None = None, cwd: str | Path | None = None, label: str = "") -> Job:
-        """Start ``command`` in its own session; refuses while another job runs or the token is wrong."""
+        """Start ``command`` in its own session; refuses while another job runs, the token is wrong, or in demo
+        mode (``MEDROBUST_DEMO``) when no admin token is set."""
+        if settings.demo_mode() and settings.admin_token() is None:
+            raise JobError("Jobs are switched off on this public demo (MEDROBUST_DEMO without MEDROBUST_ADMIN_TOKEN).")
         if not check_token(token):
             raise JobError("The admin token is wrong; launching jobs needs the token set in MEDROBUST_ADMIN_TOKEN.")
         try:

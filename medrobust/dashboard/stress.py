@@ -35,14 +35,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medrobust import __version__
-from medrobust.choices import CLASS_NAMES
+from medrobust import __version__, settings
 from medrobust.attacks import REFERENCE_SIDE, pgd, scale_eps
-from medrobust.checkpoints import CheckpointError, load_checkpoint
+from medrobust.checkpoints import CheckpointError, classes_of, load_checkpoint
+from medrobust.choices import CLASS_NAMES
 from medrobust.corruptions import CORRUPTIONS, apply_corruption
 from medrobust.gradcam import cam_layers, gradcam
 from medrobust.imaging import to_square
-from medrobust.checkpoints import classes_of
 from medrobust.models import XrayNet, fold_batchnorm
 from medrobust.dashboard.palette import assign_colours
 from medrobust.dashboard.resultsets import ModelFile, discover_models
@@ -53,6 +52,25 @@ KIND_LABELS = {"none": "none", "gaussian": "Gaussian noise", "salt_and_pepper": 
                "speckle": "speckle noise", "pgd": "PGD attack (L2)"}
 MAX_EPS = 5.0  # L2, stated at 224 px, as in the benchmark
 MAX_STEPS = 50
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one visitor may ask of the server: PGD steps per attack, and the flip search's steps and tolerance."""
+
+    max_steps: int = MAX_STEPS
+    max_flip_steps: int = MAX_STEPS
+    flip_tol: float = 0.05  # bisection stops when the interval is this narrow (eps at 224 px)
+
+
+#: Demo mode (``MEDROBUST_DEMO=1``): one 20-step attack of four 128 px models is about 1 s here, and the flip
+#: search's bisection at tolerance 0.1 needs at most 7 attacks of 10 steps per model.
+DEMO_LIMITS = Limits(max_steps=20, max_flip_steps=10, flip_tol=0.1)
+
+
+def limits() -> Limits:
+    """The limits in force: :data:`DEMO_LIMITS` in demo mode, else the full range."""
+    return DEMO_LIMITS if settings.demo_mode() else Limits()
 
 
 # --------------------------------------------------------------------------- model sets
@@ -287,8 +305,9 @@ class Perturbation:
             raise ValueError(f"severity must lie in [0, 1], got {self.severity}.")
         if not 0.0 <= self.eps <= MAX_EPS:
             raise ValueError(f"eps must lie in [0, {MAX_EPS}], got {self.eps}.")
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise ValueError(f"steps must lie in [1, {MAX_STEPS}], got {self.steps}.")
+        cap = limits().max_steps
+        if not 1 <= self.steps <= cap:
+            raise ValueError(f"steps must lie in [1, {cap}], got {self.steps}.")
         if self.mode not in ("own", "transfer"):
             raise ValueError(f"mode must be 'own' or 'transfer', got {self.mode!r}.")
         return self
@@ -546,7 +565,11 @@ def smallest_flip_eps(model: XrayNet, x: torch.Tensor, *, label: int | None = No
 def flip_search_all(model_set: ModelSet, clean: CleanState, *, steps: int = 20, seed: int = 0,
                     max_eps: float = MAX_EPS, tol: float = 0.05, on_model=None) -> list[FlipSearch]:
     """:func:`smallest_flip_eps` for every model, in parallel; ``on_model(done, n)`` reports progress from
-    the calling thread (so a Streamlit page may update a progress bar in it)."""
+    the calling thread (so a Streamlit page may update a progress bar in it). ``steps`` and ``tol`` are held
+    to :func:`limits` (demo mode caps them)."""
+    lim = limits()
+    steps, tol = min(int(steps), lim.max_flip_steps), max(float(tol), lim.flip_tol)
+
     def one(m: LoadedModel) -> FlipSearch:
         if not m.ok or m.name not in clean.views:
             return FlipSearch(m.name, None, None, max_eps, 0, 0.0, error=m.error or "not loaded")

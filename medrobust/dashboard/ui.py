@@ -59,6 +59,21 @@ def model_set(extra_runs: Sequence[str] = ()) -> "ModelSet":
     return _model_set(str(folder), tuple(sorted(extra_runs)), resultsets.files_signature(files))
 
 
+DEMO_NOTICE = ("Public demo: these are research models trained on a small public data set. They are not a "
+               "diagnostic device and must not guide the care of any patient.")
+
+
+def demo_notice() -> None:
+    """In demo mode (``MEDROBUST_DEMO=1``), the research-use notice at the top of every page."""
+    if settings.demo_mode():
+        st.warning(DEMO_NOTICE, icon=":material/health_and_safety:")
+
+
+def training_is_hidden() -> bool:
+    """Demo mode without an admin token: nobody may launch jobs, so the Training page shows no launch form."""
+    return settings.demo_mode() and settings.admin_token() is None
+
+
 def degenerate_warnings(results: Sequence[dict[str, Any]]) -> None:
     for r in results:
         if r.get("degenerate"):
