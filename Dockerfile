@@ -2,9 +2,13 @@
 #   docker build -t medrobust . && docker run -p 8501:8501 -v medrobust-runs:/app/runs medrobust
 # A much smaller CPU-only image (no CUDA libraries): add --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
+# The base image is a build argument so that scripts/container_check.sh can build on a local stand-in
+# where no registry can be reached; the default is unchanged.
+ARG BASE_IMAGE=python:3.11-slim
+
 # Stage 1: the app's files, made world-readable and read-only whatever their mode in the build
 # context (safetensors writes 0600 files, which the unprivileged user below could not read).
-FROM python:3.11-slim AS app-files
+FROM ${BASE_IMAGE} AS app-files
 WORKDIR /src
 COPY app.py ./
 COPY medrobust/ medrobust/
@@ -13,7 +17,7 @@ COPY .streamlit/ .streamlit/
 COPY checkpoints/ checkpoints/
 RUN chmod -R a+rX,go-w /src
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

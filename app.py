@@ -14,9 +14,10 @@ test's script is views/stress_lab.py: a name ending in _test.py would be collect
 import streamlit as st
 
 from medrobust.dashboard import ui
-from medrobust.dashboard.hosting import keep_uploads_in_memory
+from medrobust.dashboard.hosting import finish_sessions_on_shutdown, keep_uploads_in_memory
 
 keep_uploads_in_memory()  # uploads never touch /tmp (Starlette would spool files over 1 MB there)
+finish_sessions_on_shutdown()  # docker stop under load: no SIGSEGV from a thread inside a torch kernel
 st.set_page_config(page_title="medrobust — chest X-ray robustness", page_icon=":material/radiology:", layout="wide")
 
 PAGES = [

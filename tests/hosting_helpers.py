@@ -73,15 +73,20 @@ def parse_dockerfile(path: str | Path = REPO / "Dockerfile") -> list[Stage]:
         logical.append((start, buf.strip()))
         buf = ""
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}  # ARGs before the first FROM: only FROM lines may use them
     for n, text in logical:
         op, _, rest = text.partition(" ")
         ins = Instruction(op.upper(), rest.strip(), n)
         if ins.op == "FROM":
             parts = rest.split()
             name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(base=parts[0], name=name))
+            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: global_args.get(m.group(1) or m.group(2), m.group(0)), parts[0])
+            stages.append(Stage(base=base, name=name))
         elif stages:
             stages[-1].instructions.append(ins)
+        elif ins.op == "ARG":
+            key, _, default = ins.args.partition("=")
+            global_args[key.strip()] = default.strip()
         else:
             raise ValueError(f"line {n}: {op} before FROM")
     return stages

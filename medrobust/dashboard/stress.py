@@ -43,6 +43,7 @@ from medrobust.corruptions import CORRUPTIONS, apply_corruption
 from medrobust.gradcam import cam_layers, gradcam
 from medrobust.imaging import to_square
 from medrobust.models import XrayNet, fold_batchnorm
+from medrobust.dashboard.hosting import SHUTTING_DOWN
 from medrobust.dashboard.palette import assign_colours
 from medrobust.dashboard.resultsets import ModelFile, discover_models
 
@@ -550,7 +551,7 @@ def smallest_flip_eps(model: XrayNet, x: torch.Tensor, *, label: int | None = No
     if w is None:
         return FlipSearch(name, None, None, max_eps, n, time.time() - t0)
     lo, hi = 0.0, min(float(max_eps), w)
-    while hi - lo > tol:
+    while hi - lo > tol and not SHUTTING_DOWN.is_set():  # the server is stopping: keep the interval found so far
         mid = 0.5 * (lo + hi)
         n += 1
         w = _flip_witness(model, x, label, mid, steps=steps, seed=seed)

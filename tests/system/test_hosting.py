@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 
@@ -224,3 +225,22 @@ def test_entry_point_renders_the_pages_over_the_websocket(served):
                                headers={"Content-Type": "multipart/form-data; boundary=b"})
         assert status == 403
     assert "Traceback" not in served.log_text()
+
+
+@pytest.mark.parametrize("work_s, expect_note", [(0.2, False), (30.0, True)])
+def test_shutdown_waits_for_script_threads_then_leaves_without_finalising(work_s, expect_note):
+    """A visitor's script thread still computing at exit gets its few seconds, then the process leaves with 0."""
+    code = (
+        "import threading, time\n"
+        "from medrobust.dashboard.hosting import finish_sessions_on_shutdown\n"
+        f"t = threading.Thread(target=time.sleep, args=({work_s},), name='ScriptRunner.scriptThread', daemon=True)\n"
+        "t.start()\n"
+        "assert finish_sessions_on_shutdown(0.5) and not finish_sessions_on_shutdown(0.5)\n"
+        "print('main done', flush=True)\n"
+    )
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "main done" in proc.stdout
+    assert ("still computing" in proc.stderr) is expect_note
+    assert time.time() - t0 < 10
