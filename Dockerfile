@@ -1,5 +1,5 @@
 # medrobust dashboard, ready to host (README, "Hosting (Docker)"):
-#   docker build -t medrobust . && docker run -p 8501:8501 -v medrobust-runs:/app/runs medrobust
+#   docker build -t medrobust . && docker run -p 8501:8501 -v medrobust-runs:/app/runs -e MEDROBUST_DEMO=1 medrobust
 # A much smaller CPU-only image (no CUDA libraries): add --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 # The base image is a build argument so that scripts/container_check.sh can build on a local stand-in
