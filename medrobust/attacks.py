@@ -144,7 +144,9 @@ def pgd(
         Defaults to ``2.5 * eps / steps`` per sample.
     keep_first_success
         For evaluation: once a sample is misclassified, keep that fooling example and stop
-        updating it (never weaker than returning the last iterate, and cheaper).
+        updating it (never weaker than returning the last iterate, and cheaper). Whether a sample is
+        misclassified is decided by an fp32 forward pass, also when the iterations run under bf16
+        autocast (``use_autocast`` on a CPU with native bf16, or CUDA).
 
     Returns
     -------
@@ -176,9 +178,13 @@ def pgd(
         for step in range(steps + (1 if keep_first_success else 0)):
             xa = x_adv[active].clone().requires_grad_(True)
             with autocast_for(x.device, use_autocast):
+                mixed = torch.is_autocast_enabled(x.device.type)
                 logits = model(xa)
             if keep_first_success:
-                fooled = logits.argmax(1) != y[active]
+                # Success is decided in fp32: under bf16 autocast, one extra fp32 forward (no graph) of the
+                # iterates not yet broken, so bf16 rounding can neither stop an attack early nor miss a hit.
+                check = _fp32_logits(model, xa.detach()) if mixed else logits.detach()
+                fooled = check.argmax(1) != y[active]
                 if fooled.any():
                     idx = active[fooled]
                     result[idx] = xa.detach()[fooled]
@@ -232,3 +238,320 @@ def pgd_multi_eps(
     adv = pgd(model, xs, ys, eps=es, steps=steps, norm=norm, generator=generator,
               keep_first_success=keep_first_success, use_autocast=use_autocast)
     return {float(e): adv[i * x.shape[0] : (i + 1) * x.shape[0]] for i, e in enumerate(eps_list)}
+
+
+# ----------------------------------------------------------------------------- APGD-CE
+
+
+def _no_autocast(device: torch.device):
+    """A context in which autocast is off, whatever an enclosing region asked for."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _fp32_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of an fp32 forward pass (no autocast, no graph): the forward that decides success."""
+    with torch.no_grad(), _no_autocast(x.device):
+        return model(x.float()).float()
+
+
+def _apgd_checkpoints(steps: int) -> list[int]:
+    """The step counts ``w_j`` after which APGD checks its step sizes: ``w_j = p_j * steps``.
+
+    The fractions of Croce & Hein, p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06),
+    with the intervals rounded down to whole steps (at least one) as the reference implementations
+    (auto-attack, torchattacks) do: 100 steps give 22, 41, 57, 70, 80, 87, 93, 99.
+    """
+    interval, min_interval, decrement = (max(int(0.22 * steps), 1), max(int(0.06 * steps), 1),
+                                         max(int(0.03 * steps), 1))
+    checks, w = [], interval
+    while w <= steps:
+        checks.append(w)
+        interval = max(interval - decrement, min_interval)
+        w += interval
+    return checks
+
+
+def _apgd_run(
+    model: nn.Module,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    e: torch.Tensor,
+    *,
+    steps: int,
+    norm: Norm,
+    rho: float,
+    generator: torch.Generator | None,
+    use_autocast: bool,
+    keep_first_success: bool,
+    memory_format: torch.memory_format,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One APGD-CE run from a random start on the boundary of the ball; the model is in eval mode.
+
+    Returns ``(x_max, loss_max, fooled, x_fooled)``: the point of highest loss and its loss, and
+    (only tracked with ``keep_first_success``) whether an iterate fooled the model in an fp32
+    forward pass, and the first such iterate.
+    """
+    n = x0.shape[0]
+    dev = x0.device
+    view = (-1, *([1] * (x0.ndim - 1)))
+
+    def to_ball(v: torch.Tensor, x_0: torch.Tensor, e_: torch.Tensor) -> torch.Tensor:
+        return (x_0 + _project(v - x_0, e_, norm)).clamp_(0.0, 1.0)
+
+    # Random start on the boundary of the ball (as auto-attack and torchattacks.APGD do).
+    if norm == "linf":
+        t = 2 * torch.rand(x0.shape, generator=generator, device=dev, dtype=torch.float32) - 1
+        t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(view)
+    else:
+        t = torch.randn(x0.shape, generator=generator, device=dev, dtype=torch.float32)
+        t = t / (_l2_norm(t) + 1e-12)
+    x = (x0 + e * t).clamp_(0.0, 1.0).contiguous(memory_format=memory_format)
+
+    x_prev = x.clone()
+    grad = torch.zeros_like(x)
+    x_best, grad_best = x.clone(), torch.zeros_like(x)
+    loss_best = torch.full((n,), -float("inf"), device=dev)
+    loss_hist = torch.zeros((steps + 1, n), device=dev)  # loss_hist[m] = loss at iterate m
+    eta = 2.0 * e.expand(n, *([1] * (x0.ndim - 1))).clone()
+    reduced_last = torch.ones(n, dtype=torch.bool, device=dev)
+    loss_best_last = loss_best.clone()
+    fooled = torch.zeros(n, dtype=torch.bool, device=dev)
+    x_fooled = x.clone()
+    active = torch.arange(n, device=dev)
+
+    def evaluate(m: int, need_grad: bool) -> None:
+        """Loss, gradient and (fp32) success of the active iterates; keep the best and the first success."""
+        nonlocal active
+        xa = x[active].contiguous(memory_format=memory_format)
+        ya = y[active]
+        xg = xa.clone().requires_grad_(need_grad)
+        with torch.enable_grad() if need_grad else torch.no_grad():
+            with autocast_for(dev, use_autocast):
+                mixed = torch.is_autocast_enabled(dev.type)
+                logits = model(xg)
+            loss = F.cross_entropy(logits.float(), ya, reduction="none")
+            if need_grad:
+                # Sum of per-sample losses: each sample's gradient is its own.
+                (g,) = torch.autograd.grad(loss.sum(), xg)
+                grad[active] = g.float()
+        loss = loss.detach()
+        if keep_first_success:
+            # Success is decided in fp32: under autocast, one extra fp32 forward of the iterates not
+            # yet broken (its loss, more accurate than the bf16 one, also drives the step size).
+            if mixed:
+                logits = _fp32_logits(model, xa)
+                loss = F.cross_entropy(logits, ya, reduction="none")
+            hit = logits.detach().argmax(1) != ya
+        loss_hist[m, active] = loss
+        better = loss > loss_best[active]
+        if better.any():
+            idx = active[better]
+            x_best[idx] = xa[better]
+            loss_best[idx] = loss[better]
+            if need_grad:
+                grad_best[idx] = grad[idx]
+        if keep_first_success and hit.any():
+            idx = active[hit]
+            fooled[idx] = True
+            x_fooled[idx] = xa[hit]
+            active = active[~hit]
+
+    evaluate(0, need_grad=True)
+    checks = set(_apgd_checkpoints(steps))
+    last_check = 0
+    for i in range(steps):
+        if active.numel() == 0:
+            break
+        a = active
+        xa, ea, x0a = x[a], e[a], x0[a]
+        ga = grad[a]
+        if norm == "linf":
+            step = ga.sign()
+        else:
+            step = ga / (_l2_norm(ga) + 1e-12)
+        z = to_ball(xa + eta[a] * step, x0a, ea)
+        # Momentum 0.75 (the paper's alpha); the first step has no previous one.
+        x_new = z if i == 0 else to_ball(xa + 0.75 * (z - xa) + 0.25 * (xa - x_prev[a]), x0a, ea)
+        x_prev[a] = xa
+        x[a] = x_new
+        m, last = i + 1, i == steps - 1  # m: iterations done
+        evaluate(m, need_grad=not last)  # the last iterate needs no gradient
+        if m in checks and not last:
+            a = active
+            interval, last_check = m - last_check, m
+            # Condition 1: the loss went up at fewer than rho * interval of the steps since the last
+            # checkpoint. Condition 2: the step size was kept at the last checkpoint and the best
+            # loss has not improved since.
+            ups = (loss_hist[m - interval + 1 : m + 1, a] > loss_hist[m - interval : m, a]).sum(0)
+            cond1 = ups < rho * interval
+            cond2 = ~reduced_last[a] & (loss_best_last[a] >= loss_best[a])
+            reduce = cond1 | cond2
+            reduced_last[a] = reduce
+            loss_best_last[a] = loss_best[a]
+            if reduce.any():
+                idx = a[reduce]
+                eta[idx] /= 2.0
+                # Restart from the best point, with its gradient and no momentum.
+                x[idx] = x_best[idx]
+                x_prev[idx] = x_best[idx]
+                grad[idx] = grad_best[idx]
+    return x_best, loss_best, fooled, x_fooled
+
+
+def apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    steps: int = 100,
+    norm: Norm = "l2",
+    restarts: int = 1,
+    rho: float = 0.75,
+    generator: torch.Generator | None = None,
+    use_autocast: bool = True,
+    channels_last: bool = True,
+    keep_first_success: bool = True,
+    return_success: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Untargeted APGD-CE (Croce & Hein, ICML 2020): step-size-free PGD with momentum.
+
+    Maximises the cross-entropy of ``model(x_adv)`` w.r.t. ``y`` inside the eps-ball around ``x``.
+    Every sample has its own step size, starting at ``2 * eps``. The first step is
+    ``x_1 = P(x_0 + eta * s(grad))``; later steps use momentum 0.75,
+    ``z = P(x_k + eta * s(grad))``, ``x_{k+1} = P(x_k + 0.75 (z - x_k) + 0.25 (x_k - x_{k-1}))``, where
+    ``P`` projects onto the ball and clamps to [0, 1], and ``s`` is ``sign`` (L-inf) or ``g / ||g||_2``
+    (L2). At checkpoints after 22%, 22+19%, 22+19+16%, ... (intervals shrinking by 3% of the steps to
+    at least 6%) a sample's step size is halved, and its attack restarted from its highest-loss point
+    ``x_max`` (without momentum), if (1) its loss went up at fewer than ``rho`` of the steps since the
+    last checkpoint, or (2) its step size was kept at the last checkpoint and its best loss has not
+    improved since. The start is a random point on the boundary of the ball, as in auto-attack and
+    ``torchattacks.APGD``. Two details follow the paper rather than those implementations: condition
+    (1) is a strict "fewer than" (they halve also at exactly ``rho``), and a restart from ``x_max``
+    carries no momentum (they keep ``x_max - x_{k-1}``).
+
+    Parameters
+    ----------
+    model
+        Maps (N, C, H, W) in [0, 1] to (N, K) logits. Put in eval mode for the attack, then restored;
+        its parameters are never changed and get no ``.grad`` (gradients are taken w.r.t. the input).
+    x, y
+        Clean images (N, C, H, W) in [0, 1] and their integer labels (N,).
+    eps
+        Radius in pixel units (already scaled to the image size, see :func:`scale_eps`), a number or
+        one per sample (N,); a sample with radius 0 is returned unchanged.
+    steps
+        Gradient steps per run (>= 1); each costs one forward and one backward pass.
+    norm
+        ``"l2"`` or ``"linf"``.
+    restarts
+        Runs (>= 1). Each run after the first attacks, from a fresh random start, only the samples
+        no run has fooled yet (as ``torchattacks.APGD``'s ``n_restarts``).
+    rho
+        Condition-1 threshold in (0, 1] (the paper's 0.75).
+    generator
+        Source of the random starts; a seeded generator makes the attack repeat exactly.
+    use_autocast
+        Run the forward/backward passes of the iterations under bf16 autocast where
+        :func:`autocast_for` enables it (CUDA; CPUs with native bf16).
+    channels_last
+        Run the model on channels-last tensors.
+    keep_first_success
+        For evaluation (default): a sample misclassified on the clean image, or by any iterate of any
+        run, counts as broken at once; the first fooling example is kept and the sample is no longer
+        attacked. Whether a point fools the model is always decided by an **fp32** forward pass:
+        when autocast is on, the iterates not yet broken get one extra fp32 forward per step (no
+        backward), so a bf16 rounding can neither count a sample as broken that is not, nor miss
+        one that is. Without autocast the attack's own forward pass is fp32 and is reused.
+        With ``False``, every sample runs all steps and the highest-loss point is returned
+        (for CE on two classes that point fools the model if any iterate did; with more classes
+        it need not).
+    return_success
+        Also return the success flags.
+
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, torch.Tensor)
+        Adversarial images (N, C, H, W), detached, same dtype as ``x``, inside the eps-ball and
+        [0, 1]: per sample the first fooling example found, else the point of highest loss. With
+        ``return_success``, also a bool (N,) tensor: whether that image is misclassified in an fp32
+        forward pass (for the float32 images; a recount may differ only for a sample whose margin
+        is at float32 rounding level).
+
+    Raises
+    ------
+    ValueError
+        For a bad ``norm``, ``steps < 1``, ``restarts < 1``, ``rho`` outside (0, 1], a negative or
+        misshapen ``eps``, or ``x``/``y`` of the wrong shape.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from medrobust.attacks import apgd
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(1 * 8 * 8, 2))
+    >>> x = torch.rand(4, 1, 8, 8)
+    >>> y = model(x).argmax(1)  # labels the model gets right
+    >>> adv, broken = apgd(model, x, y, eps=2.0, steps=10, norm="l2", use_autocast=False,
+    ...                    generator=torch.Generator().manual_seed(0), return_success=True)
+    >>> adv.shape, bool((adv - x).flatten(1).norm(dim=1).le(2.0 + 1e-5).all())
+    (torch.Size([4, 1, 8, 8]), True)
+    >>> torch.equal(broken, model(adv).argmax(1) != y)
+    True
+    """
+    _check_norm(norm)
+    norm = "linf" if norm == "linf" else "l2"
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}.")
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho must be in (0, 1], got {rho}.")
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}.")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must hold one label per image, shape ({x.shape[0]},), got {tuple(y.shape)}.")
+    e = _per_sample(eps, x)
+    n = x.shape[0]
+    if n == 0 or bool((e == 0).all()):
+        out = x.detach().clone()
+        if not return_success:
+            return out
+        if n == 0:
+            return out, torch.zeros(0, dtype=torch.bool, device=x.device)
+        with eval_mode(model):
+            return out, _fp32_logits(model, x).argmax(1) != y
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x0 = x.detach().float().contiguous(memory_format=fmt)
+    y = y.detach()
+    result = x0.clone()
+    best_loss = torch.full((n,), -float("inf"), device=x.device)
+    run_kw = dict(steps=steps, norm=norm, rho=rho, generator=generator, use_autocast=use_autocast,
+                  keep_first_success=keep_first_success, memory_format=fmt)
+    with eval_mode(model):
+        # The clean image lies in the ball: misclassified there, the sample is broken as it is.
+        success = _fp32_logits(model, x0).argmax(1) != y
+        unchanged = (e.view(-1) == 0) | (success if keep_first_success else torch.zeros_like(success))
+        todo = ~unchanged
+        for _ in range(restarts):
+            idx = todo.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            x_max, loss_max, fooled, x_fooled = _apgd_run(model, x0[idx], y[idx], e[idx], **run_kw)
+            better = loss_max > best_loss[idx]
+            result[idx[better]] = x_max[better]
+            best_loss[idx[better]] = loss_max[better]
+            if keep_first_success:
+                result[idx[fooled]] = x_fooled[fooled]
+                success[idx[fooled]] = True
+            else:
+                # The returned point is the highest-loss one: count it in an fp32 forward pass.
+                success[idx] = _fp32_logits(model, result[idx]).argmax(1) != y[idx]
+            todo = todo & ~success
+    out = result.to(x.dtype).contiguous()
+    out[unchanged] = x.detach()[unchanged]
+    return (out, success) if return_success else out
