@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
@@ -85,14 +86,18 @@ def _l2_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.ndim - 1)))
 
 
-def _random_start(x: torch.Tensor, eps: torch.Tensor, norm: Norm, generator) -> torch.Tensor:
+def _random_start(x: torch.Tensor, eps: torch.Tensor, norm: Norm, generator, *, surface: bool = False) -> torch.Tensor:
+    """A random point of the eps-ball (``surface=False``) or of its surface (``surface=True``)."""
     if norm == "linf":
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-        return (2 * u - 1) * eps
-    # Uniform direction, radius uniform in [0, eps] (as torchattacks.PGDL2 does).
+        d = 2 * u - 1
+        if surface:  # a corner direction scaled so its largest entry reaches eps, as auto-attack starts
+            d = d / d.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (x.ndim - 1)))
+        return d * eps
+    # Uniform direction; radius uniform in [0, eps] (as torchattacks.PGDL2 does) or exactly eps.
     d = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
     r = torch.rand((x.shape[0],), generator=generator, device=x.device).view(-1, *([1] * (x.ndim - 1)))
-    return d / (_l2_norm(d) + 1e-12) * r * eps
+    return d / (_l2_norm(d) + 1e-12) * (1.0 if surface else r) * eps
 
 
 def _project(delta: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
@@ -127,6 +132,7 @@ def pgd(
     keep_first_success: bool = False,
     use_autocast: bool = True,
     channels_last: bool = True,
+    start: str = "ball",
 ) -> torch.Tensor:
     """Untargeted PGD maximising the cross-entropy of ``model(x_adv)`` w.r.t. ``y``.
 
@@ -148,12 +154,18 @@ def pgd(
         misclassified is decided by an fp32 forward pass, also when the iterations run under bf16
         autocast (``use_autocast`` on a CPU with native bf16, or CUDA).
 
+    start
+        Where the random start lies: ``"ball"`` (uniform radius, the default) or ``"sphere"`` (on the
+        ball's surface); restarts alternate the two.
+
     Returns
     -------
     torch.Tensor
         Adversarial images, detached, same shape and dtype as ``x``, inside the eps-ball and [0, 1].
     """
     _check_norm(norm)
+    if start not in ("ball", "sphere"):
+        raise ValueError(f"start must be 'ball' or 'sphere', got {start!r}.")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
     if x.ndim != 4:
@@ -165,7 +177,7 @@ def pgd(
     x0 = x.detach().float()
     if channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
-    delta = _random_start(x0, e, norm, generator) if random_start else torch.zeros_like(x0)
+    delta = _random_start(x0, e, norm, generator, surface=start == "sphere") if random_start else torch.zeros_like(x0)
     x_adv = (x0 + delta).clamp_(0.0, 1.0)
     if steps == 0 or bool((e == 0).all()):
         # x0 may share storage with x: return a copy so callers can edit the result in place.
@@ -555,3 +567,119 @@ def apgd(
     out = result.to(x.dtype).contiguous()
     out[unchanged] = x.detach()[unchanged]
     return (out, success) if return_success else out
+
+
+# ----------------------------------------------------------------------------- the worst case over an ensemble
+
+#: The white-box attacks of the benchmark's ensemble, in the order they run.
+ENSEMBLE = ("pgd", "apgd")
+
+
+@dataclass
+class WorstCase:
+    """The per-image worst case over an ensemble of attacks (RobustBench's rule).
+
+    ``x_adv`` holds, per image, the example with the lowest fp32 margin (true-class logit minus the
+    best other logit) found by any attack or start: a fooling one wherever any attack fooled the model.
+    ``ok_by_attack`` says, per attack, which images it left correctly classified (all its starts);
+    ``pgd_first`` is PGD's first start alone (the benchmark's single-start figure before the ensemble);
+    ``ok`` is their conjunction.
+    """
+
+    x_adv: torch.Tensor  # (N, C, H, W)
+    ok: torch.Tensor  # (N,) bool
+    ok_by_attack: dict[str, torch.Tensor]  # name -> (N,) bool
+
+
+def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    z = _fp32_logits(model, x)
+    true = z.gather(1, y.view(-1, 1)).squeeze(1)
+    other = z.scatter(1, y.view(-1, 1), -float("inf")).amax(1)
+    return true - other
+
+
+def worst_case(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    steps: int,
+    norm: Norm = "l2",
+    pgd_restarts: int = 1,
+    apgd_restarts: int = 1,
+    attacks: Sequence[str] = ENSEMBLE,
+    generator: torch.Generator | None = None,
+    use_autocast: bool = True,
+) -> WorstCase:
+    """Attack every image with every member of the ensemble; an image is robust only if none fools it.
+
+    PGD runs ``pgd_restarts`` random starts (the first uniform in the ball, then alternately on the
+    surface and inside it, so both the ball's interior and its surface are covered) and APGD-CE
+    ``apgd_restarts``; restarts only attack images still standing. Every decision is an fp32 forward
+    pass (the iterations may run under bf16 autocast).
+
+    Parameters
+    ----------
+    model
+        (N, C, H, W) in [0, 1] -> logits; attacked in eval mode, its mode restored.
+    x, y
+        Images (N, C, H, W) in [0, 1] and labels (N,).
+    eps
+        Radius in pixel units, a number or one per image (N,).
+    steps
+        Steps of each PGD start and each APGD run.
+
+    Returns
+    -------
+    WorstCase
+        ``ok_by_attack`` has ``"pgd_first"`` (PGD's first start), ``"pgd"`` (all PGD starts) and
+        ``"apgd"`` for the attacks run.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    >>> x = torch.rand(8, 1, 4, 4); y = net(x).argmax(1)
+    >>> wc = worst_case(net, x, y, eps=0.5, steps=5, generator=torch.Generator().manual_seed(0))
+    >>> bool((wc.ok <= wc.ok_by_attack["pgd"]).all() and (wc.ok <= wc.ok_by_attack["apgd"]).all())
+    True
+    """
+    unknown = [a for a in attacks if a not in ENSEMBLE]
+    if unknown or not attacks:
+        raise ValueError(f"attacks must be a non-empty subset of {', '.join(ENSEMBLE)}, got {list(attacks)}.")
+    if pgd_restarts < 1 or apgd_restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got pgd {pgd_restarts}, apgd {apgd_restarts}.")
+    x = x.detach()
+    e = _per_sample(eps, x).view(-1)  # (N,): pgd and apgd take one radius per image
+    with eval_mode(model):
+        best = x.clone().float()
+        best_margin = _margin(model, best, y)
+        ok_by: dict[str, torch.Tensor] = {}
+
+        def offer(cand: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            """Keep ``cand`` where its margin is lower; returns which of ``idx`` it leaves correct."""
+            m = _margin(model, cand, y[idx])
+            better = m < best_margin[idx]
+            best[idx[better]] = cand[better].float()
+            best_margin[idx[better]] = m[better]
+            return m > 0
+
+        if "pgd" in attacks:
+            ok = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            for r in range(pgd_restarts):
+                idx = ok.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                adv = pgd(model, x[idx], y[idx], eps=e[idx], steps=steps, norm=norm, generator=generator,
+                          keep_first_success=True, use_autocast=use_autocast,
+                          start="sphere" if r % 2 == 1 else "ball")
+                ok[idx] = offer(adv, idx)
+                if r == 0:
+                    ok_by["pgd_first"] = ok.clone()
+            ok_by["pgd"] = ok
+        if "apgd" in attacks:
+            adv = apgd(model, x, y, eps=e, steps=steps, norm=norm, restarts=apgd_restarts, generator=generator,
+                       use_autocast=use_autocast)
+            ok_by["apgd"] = offer(adv, torch.arange(x.shape[0], device=x.device))
+    ok_all = torch.stack([v for k, v in ok_by.items() if k != "pgd_first"]).all(0)
+    return WorstCase(x_adv=best.to(x.dtype), ok=ok_all, ok_by_attack=ok_by)

@@ -1,0 +1,71 @@
+"""The worst case over the attack ensemble: never above any member, in the ball, fp32-decided, seeded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from medrobust.attacks import ENSEMBLE, _random_start, worst_case
+
+
+def _net(seed: int, side: int = 6, classes: int = 2) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(side * side, 8), nn.Tanh(), nn.Linear(8, classes)).eval()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.floats(0.05, 2.0), norm=st.sampled_from(["l2", "linf"]),
+       restarts=st.integers(1, 3), classes=st.integers(2, 4))
+def test_the_worst_case_is_never_above_any_member_and_stays_in_the_ball(seed, eps, norm, restarts, classes):
+    net = _net(seed, classes=classes)
+    x = torch.rand(12, 1, 6, 6, generator=torch.Generator().manual_seed(seed))
+    y = torch.randint(0, classes, (12,), generator=torch.Generator().manual_seed(seed + 1))
+    e = eps if norm == "l2" else eps / 20
+    wc = worst_case(net, x, y, eps=e, steps=5, norm=norm, pgd_restarts=restarts,
+                    generator=torch.Generator().manual_seed(seed))
+    for name in ("pgd", "apgd", "pgd_first"):
+        assert bool((wc.ok <= wc.ok_by_attack[name]).all()), name  # robust overall => robust to each member
+    assert bool((wc.ok_by_attack["pgd"] <= wc.ok_by_attack["pgd_first"]).all())  # restarts only add successes
+    d = (wc.x_adv - x).flatten(1)
+    size = d.norm(dim=1) if norm == "l2" else d.abs().amax(1)
+    assert bool((size <= e + 1e-5).all()) and 0 <= float(wc.x_adv.min()) and float(wc.x_adv.max()) <= 1
+    with torch.no_grad():  # the kept examples are exactly as damaging as the verdicts say
+        assert torch.equal(net(wc.x_adv).argmax(1) == y, wc.ok)
+
+
+def test_seeded_and_each_member_can_run_alone():
+    net = _net(3)
+    x, y = torch.rand(16, 1, 6, 6), torch.randint(0, 2, (16,))
+    runs = [worst_case(net, x, y, eps=0.8, steps=4, pgd_restarts=2, generator=torch.Generator().manual_seed(7))
+            for _ in range(2)]
+    assert torch.equal(runs[0].x_adv, runs[1].x_adv) and torch.equal(runs[0].ok, runs[1].ok)
+    only = worst_case(net, x, y, eps=0.8, steps=4, attacks=["apgd"], generator=torch.Generator().manual_seed(7))
+    assert set(only.ok_by_attack) == {"apgd"} and torch.equal(only.ok, only.ok_by_attack["apgd"])
+    with pytest.raises(ValueError, match="subset of"):
+        worst_case(net, x, y, eps=0.8, steps=4, attacks=["fgsm"])
+    assert ENSEMBLE == ("pgd", "apgd")
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_random_starts_cover_the_interior_and_the_surface(norm):
+    x = torch.zeros(200, 1, 5, 5)
+    eps = torch.full((200, 1, 1, 1), 0.5)
+    g = torch.Generator().manual_seed(0)
+    size = (lambda d: d.flatten(1).norm(dim=1)) if norm == "l2" else (lambda d: d.flatten(1).abs().amax(1))
+    inside = size(_random_start(x, eps, norm, g))
+    surface = size(_random_start(x, eps, norm, g, surface=True))
+    assert torch.allclose(surface, torch.full_like(surface, 0.5), atol=1e-5)
+    if norm == "l2":
+        assert float(inside.min()) < 0.1 and float(inside.max()) <= 0.5 + 1e-6  # radius uniform in [0, eps]
+
+
+def test_model_mode_is_restored():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    net.train()
+    x, y = torch.rand(8, 1, 6, 6), torch.randint(0, 2, (8,))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    worst_case(net, x, y, eps=0.5, steps=3, generator=torch.Generator().manual_seed(0))
+    assert net.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # no BatchNorm statistics moved
