@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--init-cv", type=Path, metavar="CVDIR",
                    help="start fold i from CVDIR/fold<i>/model.safetensors (fine-tuning from the same fold's model)")
     e = sub.add_parser("evaluate", help="run the benchmark on the test patients of each model's split",
-                       description="Clean, L2 PGD (eps 1..5 at 224 px, 20 steps), the paper's gaussian/s&p/speckle at "
+                       description="Clean, L2 attacks (eps 1..5 at 224 px, 20 steps; worst case over PGD and APGD-CE), "
+                                   "the paper's gaussian/s&p/speckle at "
                                    "0.1..1.0, the clinical suite (9 corruptions x 5 levels), and calibration, on the "
                                    "held-out test patients, with patient-level bootstrap CIs and AUROC everywhere. "
                                    "Refuses a split overlapping the model's training patients. A cross-validation "
@@ -133,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eps", type=_eps_list, help="comma-separated radii stated at 224 px (default 1,2,3,4,5)")
     e.add_argument("--norm", choices=["l2", "linf"], default="l2")
     e.add_argument("--steps", type=_positive_int, default=20, help="PGD steps (default 20)")
-    e.add_argument("--restarts", type=_positive_int, default=1, help="PGD random restarts for the sanity check (default 1)")
+    e.add_argument("--restarts", type=_positive_int, default=1,
+                   help="PGD random starts, alternating inside the ball and on its surface (default 1)")
+    e.add_argument("--attacks", default="pgd,apgd", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+                   help="the attack ensemble: an image is robust only if none of them fools it (default pgd,apgd)")
+    e.add_argument("--apgd-restarts", type=_positive_int, default=1, help="APGD-CE restarts (default 1)")
     e.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples for 95 %% CIs")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--suites", default="paper,clinical", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
@@ -369,7 +374,8 @@ def cmd_evaluate(args) -> int:
     from medrobust.settings import data_roots
 
     config = EvalConfig(eps=args.eps or EvalConfig.eps, norm=args.norm, pgd_steps=args.steps, restarts=args.restarts,
-                        n_boot=args.n_boot, seed=args.seed, suites=tuple(args.suites)).validate()
+                        attacks=args.attacks, apgd_restarts=args.apgd_restarts, n_boot=args.n_boot, seed=args.seed,
+                        suites=tuple(args.suites)).validate()
     dinfo = distributed.setup(args.device)
     roots = data_roots(args.data)
     datasets: dict[int, object] = {}
@@ -396,7 +402,8 @@ def cmd_evaluate(args) -> int:
         scope = f"pooled over {result['cv']['folds']} folds, " if "cv" in result else ""
         print(f"{result['name']}: {scope}clean acc {result['clean']['accuracy']:.3f} "
               f"(balanced {result['clean']['balanced_accuracy']:.3f}, AUROC {result['clean']['auroc']:.3f}), "
-              f"PGD mean {result['summary']['pgd_' + config.norm]['accuracy']:.3f}, {result['timing']['total_s']:.0f} s "
+              f"adversarial (worst-case) mean {result['summary']['pgd_' + config.norm]['accuracy']:.3f}, "
+              f"{result['timing']['total_s']:.0f} s "
               f"-> {paths[0]}{flag}")
     return 0
 

@@ -12,12 +12,14 @@ Written by :func:`write_results`: ``<name>.json`` (everything but per-sample log
 (clean logits and probabilities at full precision, with patient and fold) and ``<name>.logits.npz``
 (every condition's logits), from which every reported number can be recomputed.
 
-Attack protocol: L2 PGD, random start, step 2.5·eps/steps, ``steps=20``; eps 1..5 stated at 224 px
-and scaled by side/224. A sample counts as broken as soon as any iterate fools the model (the
-first fooling example is kept). With ``restarts > 1`` every sample still standing is attacked again
-from a fresh random start, and the restart accuracy is reported beside the single-start one.
-Attack iterations may run under bf16 autocast where the CPU has native bf16; every prediction that
-is counted is an fp32 forward pass, so a checkpoint gives the same counts on every CPU kind.
+Attack protocol (RobustBench's rule): eps 1..5 stated at 224 px and scaled by side/224 (L2); an image
+counts as robust only if no attack of the ensemble fools it (:func:`medrobust.attacks.worst_case`):
+L2 PGD (step 2.5·eps/steps, ``steps=20``) with ``restarts`` random starts alternating inside the ball
+and on its surface, and APGD-CE (Croce & Hein 2020, same steps) with ``apgd_restarts``. A sample is
+broken as soon as any iterate fools the model; each attack row keeps the worst case (its logits are
+each image's most damaging example) and every attack's own accuracy beside it (``accuracy_by_attack``).
+Attack iterations may run under bf16 autocast where the CPU has native bf16; every success decision
+and every counted prediction is an fp32 forward pass.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from medrobust.attacks import cpu_bf16_is_fast, pgd_multi_eps, scale_eps
+from medrobust.attacks import ENSEMBLE, cpu_bf16_is_fast, scale_eps, worst_case
 from medrobust.choices import CLASS_NAMES, Norm, parse_choice
 from medrobust.clinical import CLINICAL, LEVELS, clinical_corrupt
 from medrobust.corruptions import SEVERITIES, apply_corruption
@@ -49,7 +51,7 @@ SUITES = ("paper", "clinical")
 PER_LEVEL_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auroc")
 #: Metrics whose per-fold spread is reported for cross-validated results.
 FOLD_METRICS = ("accuracy", "balanced_accuracy", "auroc")
-RESULT_VERSION = 2
+RESULT_VERSION = 3  # 3: attack rows are the worst case over the ensemble (PGD + APGD)
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,11 @@ class EvalConfig:
     """The benchmark's settings; saved with every result."""
 
     eps: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)  # stated at 224 px for L2
-    pgd_steps: int = 20
+    pgd_steps: int = 20  # steps of every PGD start and every APGD run
     norm: str = "l2"
-    restarts: int = 1  # extra random starts for the sanity check (5 in the shipped evaluation)
+    restarts: int = 1  # PGD random starts, alternating inside the ball and on its surface (5 shipped)
+    attacks: tuple[str, ...] = ENSEMBLE  # the ensemble: an image is robust only if no member fools it
+    apgd_restarts: int = 1
     noises: tuple[str, ...] = NOISES
     severities: tuple[float, ...] = tuple(SEVERITIES)
     suites: tuple[str, ...] = SUITES  # "paper": the paper's noises; "clinical": medrobust.clinical's ladders
@@ -74,8 +78,11 @@ class EvalConfig:
         if self.pgd_steps < 1:
             raise ValueError(f"pgd_steps must be >= 1, got {self.pgd_steps}.")
         parse_choice(Norm, self.norm)
-        if self.restarts < 1:
-            raise ValueError(f"restarts must be >= 1, got {self.restarts}.")
+        if self.restarts < 1 or self.apgd_restarts < 1:
+            raise ValueError(f"restarts must be >= 1, got {self.restarts} (PGD) and {self.apgd_restarts} (APGD).")
+        unknown_attacks = [a for a in self.attacks if a not in ENSEMBLE]
+        if unknown_attacks or not self.attacks:
+            raise ValueError(f"attacks must be a non-empty subset of {', '.join(ENSEMBLE)}, got {list(self.attacks)}.")
         if any(s < 0 for s in self.severities):
             raise ValueError("severities must be >= 0.")
         unknown = [s for s in self.suites if s not in SUITES]
@@ -119,8 +126,9 @@ class PerSample:
     groups: np.ndarray  # (N,) patient keys (clusters for the bootstrap)
     folds: np.ndarray  # (N,) int: the test fold of each image, -1 for a single split
     conditions: list[Condition]
-    logits: np.ndarray  # (C, N, 2) float32
-    restart_ok: np.ndarray  # (E, N) bool: still correct after every restart, per eps
+    logits: np.ndarray  # (C, N, K) float32; attack conditions hold each image's most damaging example
+    attack_ok: np.ndarray  # (A, E, N) bool: still correct after attack ``attack_names[a]`` at eps ``e``
+    attack_names: tuple[str, ...] = ("pgd",)
 
     def probs(self, index: int) -> np.ndarray:
         z = self.logits[index].astype(np.float64)
@@ -136,24 +144,31 @@ class PerSample:
         keys = [k for p in parts for k in p.keys]
         if len(set(keys)) != len(keys):
             raise ValueError("Pooled folds test an image twice; the folds do not partition the data.")
+        if any(tuple(p.attack_names) != tuple(first.attack_names) for p in parts):
+            raise ValueError("Cannot pool results attacked by different ensembles.")
         return cls(keys=keys, labels=np.concatenate([p.labels for p in parts]),
                    groups=np.concatenate([p.groups for p in parts]), folds=np.concatenate([p.folds for p in parts]),
                    conditions=list(first.conditions), logits=np.concatenate([p.logits for p in parts], axis=1),
-                   restart_ok=np.concatenate([p.restart_ok for p in parts], axis=1))
+                   attack_ok=np.concatenate([p.attack_ok for p in parts], axis=2), attack_names=first.attack_names)
 
     def save(self, path: str | Path) -> None:
         buf = io.BytesIO()
         np.savez_compressed(buf, keys=np.array(self.keys), labels=self.labels, groups=self.groups.astype(str),
-                            folds=self.folds, logits=self.logits, restart_ok=self.restart_ok,
+                            folds=self.folds, logits=self.logits, attack_ok=self.attack_ok,
+                            attack_names=np.array(list(self.attack_names)),
                             conditions=np.array(json.dumps([asdict(c) for c in self.conditions])))
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> "PerSample":
         with np.load(path, allow_pickle=False) as z:
+            if "attack_ok" in z:
+                attack_ok, names = z["attack_ok"], tuple(str(a) for a in z["attack_names"])
+            else:  # written before the ensemble (medrobust < 0.3): PGD with restarts only
+                attack_ok, names = z["restart_ok"][None], ("pgd",)
             return cls(keys=[str(k) for k in z["keys"]], labels=z["labels"], groups=z["groups"], folds=z["folds"],
                        conditions=[Condition(**c) for c in json.loads(str(z["conditions"]))],
-                       logits=z["logits"], restart_ok=z["restart_ok"])
+                       logits=z["logits"], attack_ok=attack_ok, attack_names=names)
 
 
 def _batches(n: int, size: int):
@@ -184,36 +199,38 @@ def _perturbed(xb: torch.Tensor, cond: Condition, *, config: EvalConfig, stage: 
     return clinical_corrupt(xb, name=cond.perturbation.split("/", 1)[1], level=int(cond.severity), generator=g)
 
 
+def attack_names(config: EvalConfig) -> tuple[str, ...]:
+    """The per-attack verdicts a result keeps: PGD's first start, all PGD starts, APGD (those run)."""
+    names = (("pgd_first", "pgd") if "pgd" in config.attacks else ()) + (("apgd",) if "apgd" in config.attacks else ())
+    return names
+
+
 def _evaluate_batch(model, xb: torch.Tensor, yb: torch.Tensor, *, config: EvalConfig, conditions: list[Condition],
                     eps_px: list[float], batch_index: int, timing: dict[str, float]) -> dict[str, Any]:
-    """Every condition's fp32 logits for one batch, and which samples survive the restarts."""
+    """Every condition's fp32 logits for one batch, and which samples each attack leaves standing."""
     device, use_ac = xb.device, config.use_autocast
     logits: list[np.ndarray] = [_logits(model, xb)]
     t0 = time.time()
-    advs = pgd_multi_eps(model, xb, yb, eps_list=eps_px, steps=config.pgd_steps, norm=config.norm,
-                         generator=_generator(device, seed=config.seed, stage=1, batch_index=batch_index),
-                         use_autocast=use_ac)
-    logits += [_logits(model, advs[ep]) for ep in eps_px]
-    y_cpu = yb.cpu().numpy()
-    restart_ok = [z.argmax(1) == y_cpu for z in logits[1:]]
-    for r in range(config.restarts - 1):
-        g = _generator(device, seed=config.seed, stage=2 + r, batch_index=batch_index)
-        for i, ep in enumerate(eps_px):
-            idx = np.flatnonzero(restart_ok[i])
-            if idx.size == 0:
-                continue
-            ti = torch.as_tensor(idx, device=device)
-            adv = pgd_multi_eps(model, xb[ti], yb[ti], eps_list=[ep], steps=config.pgd_steps, norm=config.norm,
-                                generator=g, use_autocast=use_ac)[ep]
-            restart_ok[i] = restart_ok[i].copy()
-            restart_ok[i][idx] = _logits(model, adv).argmax(1) == y_cpu[idx]
+    names = attack_names(config)
+    attack_ok = np.ones((len(names), len(eps_px), xb.shape[0]), dtype=bool)
+    if eps_px:
+        # All radii in one batched run (the batch repeated once per eps, one radius per image).
+        k, n = len(eps_px), xb.shape[0]
+        es = torch.tensor(eps_px, device=device, dtype=torch.float32).repeat_interleave(n)
+        wc = worst_case(model, xb.repeat(k, 1, 1, 1), yb.repeat(k), eps=es, steps=config.pgd_steps, norm=config.norm,
+                        pgd_restarts=config.restarts, apgd_restarts=config.apgd_restarts, attacks=config.attacks,
+                        generator=_generator(device, seed=config.seed, stage=1, batch_index=batch_index),
+                        use_autocast=use_ac)
+        logits += [_logits(model, wc.x_adv[i * n : (i + 1) * n]) for i in range(k)]
+        for a, name in enumerate(names):
+            attack_ok[a] = wc.ok_by_attack[name].view(k, n).cpu().numpy()
     timing["pgd_s"] += time.time() - t0
     t0 = time.time()
     for ci, cond in enumerate(conditions):
         if cond.suite in ("paper", "clinical"):
             logits.append(_logits(model, _perturbed(xb, cond, config=config, stage=100 + ci, batch_index=batch_index)))
     timing["corruption_s"] += time.time() - t0
-    return {"logits": np.stack(logits), "restart_ok": np.stack(restart_ok) if restart_ok else np.zeros((0, len(y_cpu)), bool)}
+    return {"logits": np.stack(logits), "attack_ok": attack_ok}
 
 
 def precision_info(device: torch.device | str, *, attack_autocast: bool) -> dict[str, Any]:
@@ -308,7 +325,7 @@ def evaluate_model(
         groups=np.asarray(list(groups) if groups is not None else keys, dtype=str),
         folds=np.full(n, int(fold), dtype=np.int64), conditions=conditions,
         logits=np.concatenate([outputs[b]["logits"] for b in order], axis=1).astype(np.float32),
-        restart_ok=np.concatenate([outputs[b]["restart_ok"] for b in order], axis=1))
+        attack_ok=np.concatenate([outputs[b]["attack_ok"] for b in order], axis=2), attack_names=attack_names(config))
     result = summarise(per_sample, config=config, name=name, card=card, split_hash=split_hash, image_size=side,
                        classes=classes)
     result["precision"] = precision_info(device, attack_autocast=config.use_autocast)
@@ -333,10 +350,9 @@ def _condition_row(ps: PerSample, index: int, *, config: EvalConfig, eps_px: dic
         row["param"] = cond.param
     if cond.suite == "attack":
         e = list(eps_px).index(cond.severity)
-        row.update({"eps_pixels": eps_px[cond.severity], "norm": config.norm, "steps": config.pgd_steps})
-        if config.restarts > 1:
-            row["accuracy_restarts"] = float(ps.restart_ok[e].mean())
-            row["restarts"] = config.restarts
+        row.update({"eps_pixels": eps_px[cond.severity], "norm": config.norm, "steps": config.pgd_steps,
+                    "restarts": config.restarts, "ensemble": list(config.attacks),
+                    "accuracy_by_attack": {a: float(ps.attack_ok[i, e].mean()) for i, a in enumerate(ps.attack_names)}})
     folds = sorted(set(ps.folds.tolist()) - {-1})
     if len(folds) > 1:
         per_fold = {k: [] for k in FOLD_METRICS}
@@ -406,6 +422,27 @@ def _predictions(ps: PerSample, probs: np.ndarray, classes: Sequence[str]) -> di
     return out
 
 
+def attack_sanity(rows: list[dict[str, Any]], *, clean_accuracy: float, config: EvalConfig) -> dict[str, Any]:
+    """The usual signs that an attack evaluation is sound: accuracy falls monotonically with eps, more starts
+    change little (PGD first start vs all starts; at most 2 points), and each attack's own accuracy."""
+    attack_rows = [r for r in rows if r["suite"] == "attack"]
+    accs = [clean_accuracy] + [r["accuracy"] for r in attack_rows]
+    by = [r.get("accuracy_by_attack", {}) for r in attack_rows]
+    restart_gap = ({f"{e:g}": float(b["pgd_first"] - b["pgd"]) for e, b in zip(config.eps, by) if "pgd_first" in b}
+                   if config.restarts > 1 else {})
+    sanity: dict[str, Any] = {
+        "eps0_equals_clean": True,  # eps = 0 returns the input unchanged (tested in tests/science/test_attacks.py)
+        "monotone_in_eps": bool(all(b <= a + 1e-12 for a, b in zip(accs, accs[1:]))),
+        "restart_gap": restart_gap,
+        "ensemble": list(config.attacks),
+        "worst_case_gain": {f"{e:g}": {a: float(b[a] - r["accuracy"]) for a in b if a != "pgd_first"}
+                            for e, b, r in zip(config.eps, by, attack_rows)},
+    }
+    if restart_gap:
+        sanity["restart_gap_ok"] = bool(max(restart_gap.values()) <= 0.02)
+    return sanity
+
+
 def summarise(ps: PerSample, *, config: EvalConfig, name: str, card: dict[str, Any] | None = None,
               split_hash: str | None = None, image_size: int | None = None,
               classes: Sequence[str] | None = None) -> dict[str, Any]:
@@ -436,15 +473,7 @@ def summarise(ps: PerSample, *, config: EvalConfig, name: str, card: dict[str, A
             mean = _means(sel)
             suites[suite] = {"mean": mean, "relative": {k: (mean[k] / clean_m[k] if clean_m[k] else math.nan)
                                                         for k in PER_LEVEL_METRICS}}
-    pgd_rows = [r for r in rows if r["suite"] == "attack"]
-    accs = [clean_m["accuracy"]] + [r["accuracy"] for r in pgd_rows]
-    restart_gap = ({f"{e:g}": float(r["accuracy"] - r["accuracy_restarts"]) for e, r in zip(config.eps, pgd_rows)}
-                   if config.restarts > 1 else {})
-    sanity = {"eps0_equals_clean": True,  # eps = 0 returns the input unchanged (tested in tests/science/test_attacks.py)
-              "monotone_in_eps": bool(all(b <= a + 1e-12 for a, b in zip(accs, accs[1:]))),
-              "restart_gap": restart_gap}
-    if restart_gap:
-        sanity["restart_gap_ok"] = bool(max(restart_gap.values()) <= 0.02)
+    sanity = attack_sanity(rows, clean_accuracy=clean_m["accuracy"], config=config)
     folds = sorted(set(ps.folds.tolist()) - {-1})
     y = ps.labels
     result = {
@@ -490,13 +519,13 @@ def long_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The long-format table: one line per (suite, perturbation, severity, metric)."""
     out = []
     for r in result["rows"]:
-        for metric in (*PER_LEVEL_METRICS, "accuracy_restarts"):
-            if metric not in r:
-                continue
+        values = {m: r[m] for m in (*PER_LEVEL_METRICS, "accuracy_restarts") if m in r}
+        values.update({f"accuracy_{a}": v for a, v in r.get("accuracy_by_attack", {}).items()})
+        for metric, value in values.items():
             lo, hi = r["ci"].get(metric, (math.nan, math.nan))
             out.append({"model": result["name"], "method": result["method"], "suite": r.get("suite", ""),
                         "perturbation": r["perturbation"], "severity": r["severity"], "metric": metric,
-                        "value": r[metric], "ci_low": lo, "ci_high": hi})
+                        "value": value, "ci_low": lo, "ci_high": hi})
     for k, v in result["calibration"].items():
         out.append({"model": result["name"], "method": result["method"], "suite": "clean", "perturbation": "clean",
                     "severity": 0.0, "metric": k, "value": v, "ci_low": math.nan, "ci_high": math.nan})

@@ -21,8 +21,9 @@ def _pct(v: float | None) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
-def _pair(d: dict[str, float]) -> str:
-    return f"{_pct(d['accuracy'])} / {_pct(d['balanced_accuracy'])}"
+def _pair(d: dict[str, float] | None) -> str:
+    """Accuracy / balanced accuracy in %; "–" for a condition the result did not evaluate."""
+    return "–" if not d else f"{_pct(d['accuracy'])} / {_pct(d['balanced_accuracy'])}"
 
 
 def _sorted(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -38,7 +39,7 @@ def table_one(results: Sequence[dict[str, Any]]) -> str:
     norm = results[0]["params"]["norm"] if results else "l2"
     pgd = f"pgd_{norm}"
     head = ("| model | method | clean acc [95 % CI] | clean bal. acc [95 % CI] | AUROC | "
-            f"PGD-{norm.upper()} mean | Gaussian mean | S&P mean | Speckle mean |")
+            f"adversarial {norm.upper()} mean | Gaussian mean | S&P mean | Speckle mean |")
     lines = [head, "|" + "---|" * 9]
     for r in _sorted(results):
         c = r["clean"]
@@ -46,8 +47,8 @@ def table_one(results: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['name']}{_flag(r)} | {r['method']} | {_pct(c['accuracy'])} [{_pct(ci['accuracy'][0])}, {_pct(ci['accuracy'][1])}] "
             f"| {_pct(c['balanced_accuracy'])} [{_pct(ci['balanced_accuracy'][0])}, {_pct(ci['balanced_accuracy'][1])}] "
-            f"| {c['auroc']:.3f} | {_pair(r['summary'][pgd])} | {_pair(r['summary']['gaussian'])} "
-            f"| {_pair(r['summary']['salt_and_pepper'])} | {_pair(r['summary']['speckle'])} |"
+            f"| {c['auroc']:.3f} | {_pair(r['summary'].get(pgd))} | {_pair(r['summary'].get('gaussian'))} "
+            f"| {_pair(r['summary'].get('salt_and_pepper'))} | {_pair(r['summary'].get('speckle'))} |"
         )
     lines.append("")
     lines.append("Cells after the AUROC are accuracy / balanced accuracy in %, averaged over eps 1–5 "
@@ -55,20 +56,33 @@ def table_one(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+ATTACK_LABELS = {"pgd_first": "PGD 1 start", "pgd": "PGD", "apgd": "APGD-CE"}
+
+
+def _attack_cell(row: dict[str, Any]) -> str:
+    """Worst case (accuracy / balanced accuracy) and each attack's own accuracy, as recorded."""
+    cell = _pair(row)
+    by = row.get("accuracy_by_attack")
+    if by:
+        restarts = row.get("restarts", 1)
+        parts = [f"{ATTACK_LABELS.get(a, a)}{f' x{restarts}' if a == 'pgd' and restarts > 1 else ''} {_pct(v)}"
+                 for a, v in by.items()]
+        cell += " (" + ", ".join(parts) + ")"
+    elif "accuracy_restarts" in row:  # results of medrobust < 0.3: PGD only, restarts beside
+        cell += f" ({_pct(row['accuracy_restarts'])} @{row['restarts']} restarts)"
+    return cell
+
+
 def table_pgd(results: Sequence[dict[str, Any]]) -> str:
-    """Accuracy / balanced accuracy (%) at each PGD radius, with the 5-restart accuracy when measured."""
+    """Adversarial accuracy / balanced accuracy (%) at each radius: the worst case over the ensemble, with
+    each attack's own accuracy beside it (older results: PGD, with its restart accuracy)."""
     if not results:
         return ""
     norm = results[0]["params"]["norm"]
     eps = results[0]["params"]["eps"]
     lines = ["| model | " + " | ".join(f"eps {e:g}" for e in eps) + " |", "|---|" + "---|" * len(eps)]
     for r in _sorted(results):
-        cells = []
-        for row in (x for x in r["rows"] if x["perturbation"] == f"pgd_{norm}"):
-            cell = _pair(row)
-            if "accuracy_restarts" in row:
-                cell += f" ({_pct(row['accuracy_restarts'])} @{row['restarts']} restarts)"
-            cells.append(cell)
+        cells = [_attack_cell(row) for row in r["rows"] if row["perturbation"] == f"pgd_{norm}"]
         lines.append(f"| {r['name']}{_flag(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -244,7 +258,7 @@ def render_report(results: Sequence[dict[str, Any]]) -> str:
     for metric in ("balanced_accuracy", "auroc", "accuracy") if pairs else ():
         parts += [f"### Paired differences against standard: {METRIC_LABELS[metric]}", table_paired(pairs, metric=metric), ""]
     parts += ["### Table I — accuracy / balanced accuracy (%)", table_one(results), "",
-              "### PGD accuracy per radius", table_pgd(results), "",
+              "### Adversarial accuracy per radius (worst case over the attack ensemble)", table_pgd(results), "",
               "### Table II — calibration (clean test images)", table_two(results)]
     clinical = table_suite_means(results, "clinical")
     if clinical:

@@ -133,7 +133,7 @@ with c1:
     kind = st.radio("Perturbation", kinds, format_func=stress.KIND_LABELS.get, key="kind")
     seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed"))
 with c2:
-    severity, eps, steps, mode, src = 0.0, 0.0, 20, "own", None
+    severity, eps, steps, mode, src, method = 0.0, 0.0, 20, "own", None, "pgd"
     if kind in stress.NOISE_KINDS:
         severity = st.slider("Severity", 0.0, 1.0, 0.3, 0.05, key="severity",
                              help="Variance for Gaussian and speckle noise; fraction of pixels replaced for salt & pepper.")
@@ -142,6 +142,9 @@ with c2:
                         help="As in the benchmark: scaled by side/224 to the model's resolution.")
         steps = st.slider("PGD steps", 1, lim.max_steps, min(20, lim.max_steps), 1, key="steps",
                           help="Capped at 20 on this public demo." if lim.max_steps < stress.MAX_STEPS else None)
+        method = st.radio("Attack method", list(stress.ATTACK_METHODS), format_func=stress.ATTACK_METHODS.get,
+                          horizontal=True, key="attack_method",
+                          help="The benchmark counts the worst case: an image is robust only if neither attack fools it.")
         mode = st.radio("Attack", ["own", "transfer"], horizontal=True, key="mode",
                         format_func={"own": "each model on its own", "transfer": "transfer from one model"}.get)
         if mode == "transfer":
@@ -164,7 +167,7 @@ with c3:
                f"→ {', '.join(map(str, sizes))} px model input" + (f". {decoded.note}" if decoded.note else ""))
 
 pert = stress.Perturbation(kind=kind, severity=float(severity), eps=float(eps), steps=int(steps), mode=mode,
-                           source=src, seed=seed)
+                           source=src, seed=seed, method=method)
 
 # ----------------------------------------------------------------------------- compute (memoised per session)
 memo = st.session_state.setdefault("stress_memo", stress.Memo(12))

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from medrobust import __version__, settings
-from medrobust.attacks import REFERENCE_SIDE, pgd, scale_eps
+from medrobust.attacks import REFERENCE_SIDE, apgd, pgd, scale_eps, worst_case
 from medrobust.checkpoints import CheckpointError, classes_of, load_checkpoint
 from medrobust.choices import CLASS_NAMES
 from medrobust.corruptions import CORRUPTIONS, apply_corruption
@@ -52,6 +52,8 @@ KINDS = ("none", *NOISE_KINDS, "pgd")
 KIND_LABELS = {"none": "none", "gaussian": "Gaussian noise", "salt_and_pepper": "salt & pepper",
                "speckle": "speckle noise", "pgd": "PGD attack (L2)"}
 MAX_EPS = 5.0  # L2, stated at 224 px, as in the benchmark
+#: What the attack slider can run: one attack, or the benchmark's worst case over both.
+ATTACK_METHODS = {"pgd": "PGD", "apgd": "APGD-CE", "ensemble": "worst case of PGD and APGD-CE"}
 MAX_STEPS = 50
 
 
@@ -298,6 +300,7 @@ class Perturbation:
     mode: str = "own"  # "own": attack each model itself; "transfer": attack ``source`` and show it to all
     source: str | None = None
     seed: int = 0
+    method: str = "pgd"  # see ATTACK_METHODS
 
     def validate(self) -> "Perturbation":
         if self.kind not in KINDS:
@@ -311,6 +314,8 @@ class Perturbation:
             raise ValueError(f"steps must lie in [1, {cap}], got {self.steps}.")
         if self.mode not in ("own", "transfer"):
             raise ValueError(f"mode must be 'own' or 'transfer', got {self.mode!r}.")
+        if self.method not in ATTACK_METHODS:
+            raise ValueError(f"method must be one of {', '.join(ATTACK_METHODS)}, got {self.method!r}.")
         return self
 
     def describe(self) -> str:
@@ -319,7 +324,8 @@ class Perturbation:
         if self.kind in NOISE_KINDS:
             return f"{KIND_LABELS[self.kind]}, severity {self.severity:g} (seed {self.seed})"
         how = "each model attacked on its own" if self.mode == "own" else f"crafted on {self.source}, shown to all"
-        return f"L2 PGD, eps {self.eps:g} (at 224 px), {self.steps} steps, {how} (seed {self.seed})"
+        name = "L2 PGD" if self.method == "pgd" else f"L2 {ATTACK_METHODS[self.method]}"
+        return f"{name}, eps {self.eps:g} (at 224 px), {self.steps} steps, {how} (seed {self.seed})"
 
 
 def _generator(seed: int, salt: int = 0) -> torch.Generator:
@@ -335,12 +341,23 @@ def add_noise(x: torch.Tensor, kind: str, severity: float, seed: int) -> torch.T
 
 
 def attack(model: XrayNet, x: torch.Tensor, label: int, *, eps: float, steps: int, seed: int,
-           keep_first_success: bool = False) -> torch.Tensor:
-    """Untargeted L2 PGD against ``label`` (the clean prediction); ``eps`` stated at 224 px."""
+           keep_first_success: bool = False, method: str = "pgd") -> torch.Tensor:
+    """Untargeted L2 attack against ``label`` (the clean prediction); ``eps`` stated at 224 px.
+
+    ``method``: ``"pgd"``, ``"apgd"`` (APGD-CE, keeps its first fooling example) or ``"ensemble"`` (the
+    benchmark's worst case of both: the most damaging example either finds).
+    """
+    if method not in ATTACK_METHODS:
+        raise ValueError(f"Unknown attack {method!r}; choose one of {', '.join(ATTACK_METHODS)}.")
     side = int(x.shape[-1])
     eps_px = scale_eps(float(eps), norm="l2", side=side)
     y = torch.tensor([int(label)], dtype=torch.long)
-    return pgd(model, x, y, eps=eps_px, steps=int(steps), norm="l2", generator=_generator(seed, 17),
+    g = _generator(seed, 17)
+    if method == "apgd":
+        return apgd(model, x, y, eps=eps_px, steps=int(steps), norm="l2", generator=g)
+    if method == "ensemble":
+        return worst_case(model, x, y, eps=eps_px, steps=int(steps), norm="l2", generator=g).x_adv
+    return pgd(model, x, y, eps=eps_px, steps=int(steps), norm="l2", generator=g,
                keep_first_success=keep_first_success)
 
 
@@ -452,12 +469,12 @@ def run_stress(model_set: ModelSet, clean: CleanState, pert: Perturbation, *, wi
         if src is None:
             raise ValueError(f"The source model {pert.source!r} is not available for a transfer attack.")
         sv = clean.views[src.name]
-        x_src = attack(src.model, sv.x, sv.pred, eps=pert.eps, steps=pert.steps, seed=pert.seed)
+        x_src = attack(src.model, sv.x, sv.pred, eps=pert.eps, steps=pert.steps, seed=pert.seed, method=pert.method)
         transferred[src.image_size] = x_src
     attacked: dict[str, torch.Tensor] = {}
     if pert.kind == "pgd" and pert.mode == "own":
         todo = [m for m in model_set.ok_models if m.name in clean.views]
-        advs = _pmap(lambda m: attack(m.model, clean.views[m.name].x, clean.views[m.name].pred, eps=pert.eps,
+        advs = _pmap(lambda m: attack(m.model, clean.views[m.name].x, clean.views[m.name].pred, eps=pert.eps, method=pert.method,
                                       steps=pert.steps, seed=pert.seed), todo)
         attacked = {m.name: a for m, a in zip(todo, advs)}
     for m in model_set.models:

@@ -374,3 +374,14 @@ def test_app_runs_on_the_shipped_checkpoints(monkeypatch):
     assert len(_predictions(at)) + len(at.error) == n_files  # a model that fails to load has an error card
     at.switch_page("views/calibration.py").run()
     _no_exception(at)
+
+
+def test_stress_test_runs_apgd_and_the_worst_case(dashboard_env):
+    at = _page(STRESS)
+    at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like()), "image/png")).run()
+    at.radio(key="kind").set_value("pgd").run()
+    at.slider(key="steps").set_value(3).run()
+    for method, text in (("apgd", "L2 APGD-CE, eps 1"), ("ensemble", "L2 worst case of PGD and APGD-CE, eps 1")):
+        at.radio(key="attack_method").set_value(method).run()
+        _no_exception(at)
+        assert len(_predictions(at)) == 4 and text in _texts(at)

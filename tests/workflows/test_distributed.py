@@ -59,4 +59,4 @@ def test_torchrun_train_and_evaluate_match_single_process(tmp_path):
     for a, b in zip(single["rows"], multi["rows"]):
         assert (a["perturbation"], a["severity"]) == (b["perturbation"], b["severity"])
         assert a["accuracy"] == b["accuracy"] and a["balanced_accuracy"] == b["balanced_accuracy"]
-        assert a.get("accuracy_restarts") == b.get("accuracy_restarts")
+        assert a.get("accuracy_by_attack") == b.get("accuracy_by_attack")

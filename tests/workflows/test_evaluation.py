@@ -136,7 +136,7 @@ def test_pooling_refuses_overlapping_or_mismatched_parts():
         n = len(keys)
         return PerSample(keys=keys, labels=np.arange(n) % 2, groups=np.array(keys), folds=np.full(n, fold),
                          conditions=conds, logits=np.zeros((len(conds), n, 2), np.float32),
-                         restart_ok=np.ones((1, n), bool))
+                         attack_ok=np.ones((3, 1, n), bool), attack_names=("pgd_first", "pgd", "apgd"))
 
     pooled = PerSample.concat([part(["a", "b"], 0), part(["c", "d"], 1)])
     assert pooled.keys == ["a", "b", "c", "d"] and pooled.folds.tolist() == [0, 0, 1, 1]
@@ -161,3 +161,56 @@ def test_counted_predictions_are_fp32_whatever_the_cpu(monkeypatch):
         out[flag] = (r["_per_sample"].logits[0], r["precision"])
     assert np.array_equal(out["0"][0], out["1"][0])  # the clean prediction is counted in fp32 both times
     assert out["1"][1]["attack_iterations"] == "bf16 autocast" and out["0"][1]["attack_iterations"] == "fp32"
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 2)).eval()
+
+
+def test_attack_rows_are_the_worst_case_with_each_attack_beside_it(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 1, 16, 16, generator=g)
+    model = _tiny_model()
+    y = model(x).argmax(1).detach()  # every image correct before the attack
+    cfg = EvalConfig(eps=(0.5, 2.0), pgd_steps=3, restarts=2, n_boot=20, suites=())
+    r = evaluate_model(model, x, y, config=cfg, name="tiny")
+    ps = r["_per_sample"]
+    assert ps.attack_names == ("pgd_first", "pgd", "apgd") and ps.attack_ok.shape == (3, 2, 24)
+    for e, row in enumerate(x for x in r["rows"] if x["suite"] == "attack"):
+        by = row["accuracy_by_attack"]
+        assert set(by) == {"pgd_first", "pgd", "apgd"} and row["ensemble"] == ["pgd", "apgd"]
+        assert row["accuracy"] <= min(by.values()) + 1e-12  # the worst case is never above any member
+        worst = ps.attack_ok[1, e] & ps.attack_ok[2, e]
+        assert row["accuracy"] == pytest.approx(worst.mean())  # ... and is exactly their conjunction
+        assert by["pgd"] <= by["pgd_first"]
+    assert set(r["sanity"]["worst_case_gain"]) == {"0.5", "2"}
+    # Saved and loaded with the attack verdicts; the long CSV lists every attack's accuracy.
+    from medrobust.evaluation import write_results
+
+    paths = write_results(r, tmp_path)
+    back = PerSample.load(paths[-1])
+    assert back.attack_names == ps.attack_names and np.array_equal(back.attack_ok, ps.attack_ok)
+    metrics = {row["metric"] for row in csv.DictReader(open(paths[1]))}
+    assert {"accuracy_pgd", "accuracy_apgd", "accuracy_pgd_first"} <= metrics
+
+
+def test_per_sample_files_written_before_the_ensemble_still_load(tmp_path):
+    import io
+
+    from medrobust.evaluation import conditions_for
+
+    conds = conditions_for(EvalConfig(eps=(1.0,), suites=()))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, keys=np.array(["a", "b"]), labels=np.array([0, 1]), groups=np.array(["a", "b"]),
+                        folds=np.array([-1, -1]), logits=np.zeros((2, 2, 2), np.float32),
+                        restart_ok=np.array([[True, False]]),
+                        conditions=np.array(json.dumps([c.__dict__ for c in conds])))
+    (tmp_path / "old.npz").write_bytes(buf.getvalue())
+    ps = PerSample.load(tmp_path / "old.npz")
+    assert ps.attack_names == ("pgd",) and ps.attack_ok.tolist() == [[[True, False]]]
+
+
+def test_an_unknown_attack_is_refused_at_the_boundary():
+    with pytest.raises(ValueError, match="subset of pgd, apgd"):
+        EvalConfig(attacks=("pgd", "square")).validate()
