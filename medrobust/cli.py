@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                "python -m medrobust evaluate && python -m medrobust report",
     )
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{train,cv,evaluate,audit,report,export,import-model}")
+                                metavar="{train,cv,evaluate,audit,check-attacks,report,export,import-model}")
 
     t = sub.add_parser("train", help="train one model (resumes an interrupted run in the same --out)",
                        description="Train a network (default ResNet-18) with one of the four methods. Writes config.json, split.json, "
@@ -172,6 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cam-images", type=_positive_int, default=64, help="images whose Grad-CAM mass is measured")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a tqdm bar while decoding")
+
+    k = sub.add_parser("check-attacks", help="gradient-masking (Square) and budget checks of the worst case",
+                       description="On the first N test images at one radius: the Square attack (black-box) must not "
+                                   "find lower accuracy than the white-box worst case, and twice the steps and "
+                                   "restarts must not lower it by more than a point. Writes OUT/NAME.attack_checks.json "
+                                   "and adds it to OUT/NAME.json (sanity.attack_checks) for the same model.")
+    k.add_argument("checkpoints", nargs="+", type=Path, help="model .safetensors files or run folders")
+    _add_data(k)
+    k.add_argument("--out", type=Path, help="results folder (default $MEDROBUST_RESULTS, else results/)")
+    k.add_argument("--eps", type=_non_negative, default=2.0, help="radius stated at 224 px (default 2)")
+    k.add_argument("--n", type=_positive_int, default=64, help="images checked (default 64)")
+    k.add_argument("--queries", type=_positive_int, default=1000, help="Square queries (default 1000)")
+    k.add_argument("--steps", type=_positive_int, default=20)
+    k.add_argument("--restarts", type=_positive_int, default=5, help="PGD starts of the worst case (default 5)")
+    k.add_argument("--apgd-restarts", type=_positive_int, default=1)
+    k.add_argument("--part", choices=["test", "val"], default="test")
+    k.add_argument("--test-manifest", type=Path, metavar="DATA", help="as for evaluate")
+    k.add_argument("--split", type=Path, metavar="SPLIT_JSON", help="as for evaluate")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
 
     r = sub.add_parser("report", help="print Table I and Table II for evaluated models",
                        description="Print the paper's tables (Markdown) from evaluation JSON files or folders.")
@@ -447,6 +467,45 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_check_attacks(args) -> int:
+    import json
+
+    from medrobust.checkpoints import classes_of, load_checkpoint
+    from medrobust.evaluation import EvalConfig, attack_checks, load_results, map_labels
+    from medrobust.fileio import atomic_write_text
+    from medrobust.settings import data_roots
+
+    config = EvalConfig(pgd_steps=args.steps, restarts=args.restarts, apgd_restarts=args.apgd_restarts,
+                        seed=args.seed).validate()
+    roots, datasets = data_roots(args.data), {}
+    out = args.out or settings.results_dir()
+    for target in args.checkpoints:
+        ckpt = _checkpoint_file(target)
+        model, card = load_checkpoint(ckpt)
+        size = int(card.get("image_size") or (card.get("config") or {}).get("image_size") or 0)
+        data, part, split_hash, _ = _test_part(ckpt, card, args=args, size=size, roots=roots, datasets=datasets,
+                                               verbose=True)
+        labels = map_labels(part.labels, data_classes=data.classes, model_classes=classes_of(card))
+        name = card.get("name") or ckpt.stem
+        print(f"checking the attacks on {name}: {min(args.n, len(part))} images at eps {args.eps:g} ...", file=sys.stderr)
+        checks = {**attack_checks(model, part.images, labels, config=config, eps=args.eps, n=args.n,
+                                  square_queries=args.queries, seed=args.seed),
+                  "model": name, "model_sha256": card.get("sha256"), "split_hash": split_hash}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / f"{name}.attack_checks.json", json.dumps(checks, indent=1, default=float))
+        if (out / f"{name}.json").is_file():
+            (result,) = load_results([out / f"{name}.json"]) or (None,)
+            if result is not None and result.get("model_sha256") == card.get("sha256"):
+                result.pop("_path", None)
+                result.setdefault("sanity", {})["attack_checks"] = checks
+                atomic_write_text(out / f"{name}.json", json.dumps(result, indent=1, default=float))
+        sq, b = checks["square"], checks["budget"]
+        print(f"{name}: worst case {100 * b['accuracy']:.1f} %, with {b['factor']}x steps and restarts "
+              f"{100 * b['accuracy_larger_budget']:.1f} %; Square ({sq['n_queries']} queries) "
+              f"{100 * sq['square_accuracy']:.1f} %: {'OK' if checks['ok'] else 'CHECK FAILED'} ({sq['note']})")
+    return 0
+
+
 def cmd_report(args) -> int:
     from medrobust.evaluation import load_results
     from medrobust.report import render_report
@@ -505,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "cv": cmd_cv, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export,
-                "import-model": cmd_import_model, "audit": cmd_audit}
+                "import-model": cmd_import_model, "audit": cmd_audit, "check-attacks": cmd_check_attacks}
     from medrobust.checkpoints import CheckpointError
     from medrobust.data import DataError
 

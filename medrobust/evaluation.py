@@ -333,6 +333,53 @@ def evaluate_model(
     return result
 
 
+def attack_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, config: EvalConfig,
+                  eps: float = 2.0, n: int = 64, square_queries: int = 1000, budget_factor: int = 2,
+                  seed: int = 0) -> dict[str, Any]:
+    """Is the worst case trustworthy? A gradient-masking check and a budget check on a subset at one radius.
+
+    On the first ``n`` images at ``eps`` (stated at 224 px): (1) the Square attack (score-based, black-box,
+    ``square_queries`` queries) must not find lower accuracy than the white-box worst case
+    (:func:`medrobust.square.gradient_masking_check`); (2) the ensemble with ``budget_factor`` times the
+    steps and restarts must not find more than one point lower accuracy than the benchmark's budget.
+
+    Returns
+    -------
+    dict
+        ``square`` (the masking check), ``budget`` (accuracies at both budgets and the gap), ``ok`` (no
+        masking suspected and gap <= 0.01), and the settings.
+    """
+    from medrobust.square import gradient_masking_check
+
+    model.eval()
+    x_all = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+    x, y = x_all[:n], labels.long()[:n]
+    side = int(x.shape[-1])
+    eps_px = scale_eps(eps, norm=config.norm, side=side)
+    t0 = time.time()
+
+    def ensemble(steps: int, restarts: int, apgd_restarts: int):
+        return worst_case(model, x, y, eps=eps_px, steps=steps, norm=config.norm, pgd_restarts=restarts,
+                          apgd_restarts=apgd_restarts, attacks=config.attacks, use_autocast=config.use_autocast,
+                          generator=torch.Generator(device=x.device).manual_seed(seed))
+
+    base = ensemble(config.pgd_steps, config.restarts, config.apgd_restarts)
+    big = ensemble(config.pgd_steps * budget_factor, config.restarts * budget_factor,
+                   config.apgd_restarts * budget_factor)
+    t_white = time.time() - t0
+    t0 = time.time()
+    square = gradient_masking_check(model=model, x=x, y=y, eps=eps_px, white_box_correct=base.ok,
+                                    n_queries=square_queries, norm=config.norm,
+                                    generator=torch.Generator(device=x.device).manual_seed(seed))
+    gap = float(base.ok.float().mean() - big.ok.float().mean())
+    budget = {"steps": config.pgd_steps, "restarts": config.restarts, "apgd_restarts": config.apgd_restarts,
+              "factor": budget_factor, "accuracy": float(base.ok.float().mean()),
+              "accuracy_larger_budget": float(big.ok.float().mean()), "gap": gap, "gap_ok": gap <= 0.01 + 1e-12}
+    return {"n": int(x.shape[0]), "eps": float(eps), "eps_pixels": eps_px, "square": square, "budget": budget,
+            "ok": bool(not square["masking_suspected"] and budget["gap_ok"]),
+            "seconds": {"white_box": t_white, "square": time.time() - t0}}
+
+
 def _ci_dict(cis: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
     return {k: [float(v[0]), float(v[1])] for k, v in cis.items()}
 

@@ -364,7 +364,7 @@ def table_one_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "clean bal. acc [95% CI]": _ci_text(c["balanced_accuracy"], ci.get("balanced_accuracy")),
             "AUROC [95% CI]": "–" if auroc is None or math.isnan(auroc) else (
                 f"{auroc:.3f}" + (f" [{au_ci[0]:.3f}, {au_ci[1]:.3f}]" if au_ci and not any(map(math.isnan, au_ci)) else "")),
-            f"PGD-{norm.upper()} acc / bal.": _pair(s.get(f"pgd_{norm}", {"accuracy": None, "balanced_accuracy": None})),
+            f"adversarial {norm.upper()} acc / bal.": _pair(s.get(f"pgd_{norm}")),
         }
         for noise, label in (("gaussian", "Gaussian"), ("salt_and_pepper", "S&P"), ("speckle", "Speckle")):
             row[f"{label} acc / bal."] = _pair(s.get(noise, {"accuracy": None, "balanced_accuracy": None}))
@@ -392,7 +392,8 @@ def table_two_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table_pgd_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Accuracy / balanced accuracy (%) with 95 % CI at each PGD radius."""
+    """Adversarial accuracy / balanced accuracy (%) with 95 % CI at each radius (the worst case over the
+    ensemble), and each attack's own accuracy where the result records it."""
     rows = []
     for r in _sorted(results):
         norm = r.get("params", {}).get("norm", "l2")
@@ -401,6 +402,8 @@ def table_pgd_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             ci = x.get("ci", {})
             row[f"eps {x['severity']:g} acc %"] = _ci_text(x["accuracy"], ci.get("accuracy"))
             row[f"eps {x['severity']:g} bal. %"] = _ci_text(x["balanced_accuracy"], ci.get("balanced_accuracy"))
+            for a, v in x.get("accuracy_by_attack", {}).items():
+                row[f"eps {x['severity']:g} {ATTACK_LABELS.get(a, a)} acc %"] = _pct(v)
         rows.append(row)
     return rows
 

@@ -58,7 +58,7 @@ if suite == "clinical":
     with st.expander("Clinical suite: mean over all corruptions and levels, and relative robustness"):
         st.markdown(report.table_suite_means(results, "clinical"))
 
-with st.expander("PGD accuracy at each radius (with 95 % CIs)"):
+with st.expander("Adversarial accuracy at each radius: the worst case over PGD and APGD-CE, and each attack's own"):
     st.dataframe(pd.DataFrame(report.table_pgd_rows(results)), hide_index=True)
 
 st.subheader("Table II — calibration on clean test images")
@@ -85,7 +85,8 @@ with st.expander("Evaluation parameters"):
     for r in results:
         p = r.get("params", {})
         st.markdown(f"**{r['name']}** ({r.get('method')}) — {r.get('n_test')} test images at {r.get('image_size')} px; "
-                    f"PGD {p.get('norm')} {p.get('pgd_steps')} steps, {p.get('restarts')} restart(s); "
+                    f"attacks {'+'.join(p.get('attacks', ['pgd']))} {p.get('norm')} {p.get('pgd_steps')} steps, "
+                    f"{p.get('restarts')} PGD start(s); "
                     f"{p.get('n_boot')} bootstrap resamples; seed {p.get('seed')}; split {r.get('split_hash')}.")
 
 c1, c2 = st.columns(2)

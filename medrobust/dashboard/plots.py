@@ -45,7 +45,7 @@ METRIC_TITLES = METRIC_LABELS
 
 def _suite_columns(results: Sequence[dict[str, Any]], suite: str) -> list[tuple[str, str]]:
     norm = results[0].get("params", {}).get("norm", "l2") if results else "l2"
-    cols = [(f"pgd_{norm}", f"PGD-{norm.upper()} (eps at 224 px)")]
+    cols = [(f"pgd_{norm}", f"Attack {norm.upper()}, worst case (eps at 224 px)")]
     if suite == "paper":
         return cols + list(NOISE_TITLES.items())
     perts = dict.fromkeys(x["perturbation"] for r in results for x in r["rows"] if x.get("suite") == suite)

@@ -214,3 +214,18 @@ def test_per_sample_files_written_before_the_ensemble_still_load(tmp_path):
 def test_an_unknown_attack_is_refused_at_the_boundary():
     with pytest.raises(ValueError, match="subset of pgd, apgd"):
         EvalConfig(attacks=("pgd", "square")).validate()
+
+
+def test_attack_checks_report_square_and_the_larger_budget():
+    from medrobust.evaluation import attack_checks
+
+    model = _tiny_model()
+    x = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1).detach()
+    cfg = EvalConfig(pgd_steps=3, restarts=1)
+    c = attack_checks(model, x, y, config=cfg, eps=8.0, n=12, square_queries=30)
+    assert c["n"] == 12 and c["square"]["n_queries"] == 30
+    b = c["budget"]
+    assert b["steps"] == 3 and b["factor"] == 2 and b["accuracy_larger_budget"] <= b["accuracy"] + 1 / 12
+    assert c["ok"] == (not c["square"]["masking_suspected"] and b["gap_ok"])
+    json.dumps(c)
