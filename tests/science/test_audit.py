@@ -196,7 +196,8 @@ def test_source_table_v_in_unit_range_and_invariant_to_source_order(pairs, perm)
     renamed = source_label_table(sources=[f"s{perm[s]}" for s, _ in pairs], labels=labels, classes=classes)
     for key in ("cramers_v", "cramers_v_corrected"):
         assert 0.0 <= t[key] <= 1.0
-        assert renamed[key] == pytest.approx(t[key], abs=1e-12)
+        # V is a square root: chi2 rounding of 1e-16 near independence becomes ~1e-8 in V, whatever the order.
+        assert renamed[key] == pytest.approx(t[key], abs=1e-6)
     for key in ("source_only_balanced_accuracy", "source_only_balanced_accuracy_loo", "warning"):
         assert renamed[key] == t[key]
     assert sorted(map(tuple, renamed["counts"])) == sorted(map(tuple, t["counts"]))
