@@ -591,11 +591,15 @@ class WorstCase:
     ok_by_attack: dict[str, torch.Tensor]  # name -> (N,) bool
 
 
-def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    z = _fp32_logits(model, x)
-    true = z.gather(1, y.view(-1, 1)).squeeze(1)
-    other = z.scatter(1, y.view(-1, 1), -float("inf")).amax(1)
+def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{k != y} z_k`` per sample: negative exactly when the sample is misclassified (ties aside)."""
+    true = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    other = logits.scatter(1, y.view(-1, 1), -float("inf")).amax(1)
     return true - other
+
+
+def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logit_margin(_fp32_logits(model, x), y)
 
 
 def worst_case(

@@ -50,6 +50,13 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                         "MedMNIST .npz; repeat for several. Default: $MEDROBUST_DATA (os.pathsep-separated), else ./data")
 
 
+def _add_test_set(p: argparse.ArgumentParser) -> None:
+    """Which images a model is judged on: its split's part, a split file, or a test manifest (as for evaluate)."""
+    p.add_argument("--part", choices=["test", "val"], default="test")
+    p.add_argument("--test-manifest", type=Path, metavar="DATA", help="as for evaluate")
+    p.add_argument("--split", type=Path, metavar="SPLIT_JSON", help="as for evaluate")
+
+
 def _class_list(text: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in text.split(",") if t.strip())
     if len(names) < 2 or len(set(names)) != len(names):
@@ -165,9 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("checkpoints", nargs="+", type=Path, help="model .safetensors files or run folders")
     _add_data(a)
     a.add_argument("--out", type=Path, help="results folder (default $MEDROBUST_RESULTS, else results/)")
-    a.add_argument("--part", choices=["test", "val"], default="test")
-    a.add_argument("--test-manifest", type=Path, metavar="DATA", help="as for evaluate")
-    a.add_argument("--split", type=Path, metavar="SPLIT_JSON", help="as for evaluate")
+    _add_test_set(a)
     a.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples for 95 %% CIs")
     a.add_argument("--cam-images", type=_positive_int, default=64, help="images whose Grad-CAM mass is measured")
     a.add_argument("--seed", type=int, default=0)
@@ -187,9 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--steps", type=_positive_int, default=20)
     k.add_argument("--restarts", type=_positive_int, default=5, help="PGD starts of the worst case (default 5)")
     k.add_argument("--apgd-restarts", type=_positive_int, default=1)
-    k.add_argument("--part", choices=["test", "val"], default="test")
-    k.add_argument("--test-manifest", type=Path, metavar="DATA", help="as for evaluate")
-    k.add_argument("--split", type=Path, metavar="SPLIT_JSON", help="as for evaluate")
+    _add_test_set(k)
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
 
@@ -428,16 +431,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_audit(args) -> int:
-    import json
-
+def _models_on_test_parts(args):
+    """For ``audit`` and ``check-attacks``: each checkpoint with its test images and labels in its class order."""
     from medrobust.checkpoints import classes_of, load_checkpoint
-    from medrobust.evaluation import load_results, map_labels
-    from medrobust.fileio import atomic_write_text
+    from medrobust.evaluation import map_labels
     from medrobust.settings import data_roots
 
     roots, datasets = data_roots(args.data), {}
-    out = args.out or settings.results_dir()
     for target in args.checkpoints:
         ckpt = _checkpoint_file(target)
         model, card = load_checkpoint(ckpt)
@@ -446,63 +446,65 @@ def cmd_audit(args) -> int:
             raise ValueError(f"{ckpt.name}: its card records no image size.")
         data, part, split_hash, _ = _test_part(ckpt, card, args=args, size=size, roots=roots, datasets=datasets,
                                                verbose=True)
-        classes = classes_of(card)
-        labels = map_labels(part.labels, data_classes=data.classes, model_classes=classes)
-        name = card.get("name") or ckpt.stem
+        labels = map_labels(part.labels, data_classes=data.classes, model_classes=classes_of(card))
+        yield model, card, part, labels, split_hash, card.get("name") or ckpt.stem
+
+
+def _write_beside_result(out: Path, name: str, card: dict, what: str, value: dict, keys: Sequence[str]) -> str:
+    """Write ``OUT/NAME.<what>.json`` and put ``value`` at ``keys`` inside ``OUT/NAME.json`` when that is the
+    same model's result (same sha256); returns a note saying where it went."""
+    import json
+
+    from medrobust.evaluation import load_results
+    from medrobust.fileio import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.{what}.json", json.dumps(value, indent=1, default=float))
+    note = f"-> {out / f'{name}.{what}.json'}"
+    if (out / f"{name}.json").is_file():
+        (result,) = load_results([out / f"{name}.json"]) or (None,)
+        if result is not None and result.get("model_sha256") == card.get("sha256"):
+            result.pop("_path", None)
+            node = result
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+            atomic_write_text(out / f"{name}.json", json.dumps(result, indent=1, default=float))
+            note += f" and into {out / f'{name}.json'}"
+    return note
+
+
+def cmd_audit(args) -> int:
+    from medrobust.checkpoints import classes_of
+
+    out = args.out or settings.results_dir()
+    for model, card, part, labels, split_hash, name in _models_on_test_parts(args):
         print(f"auditing {name} on {len(part)} images ...", file=sys.stderr)
-        audit = {**_audit(model, part, labels, classes, seed=args.seed, n_boot=args.n_boot, cam_images=args.cam_images),
+        audit = {**_audit(model, part, labels, classes_of(card), seed=args.seed, n_boot=args.n_boot,
+                          cam_images=args.cam_images),
                  "model": name, "model_sha256": card.get("sha256"), "split_hash": split_hash,
                  "part": "test-manifest" if args.test_manifest else args.part}
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / f"{name}.audit.json", json.dumps(audit, indent=1))
-        attached = ""
-        if (out / f"{name}.json").is_file():
-            (result,) = load_results([out / f"{name}.json"]) or (None,)
-            if result is not None and result.get("model_sha256") == card.get("sha256"):
-                result.pop("_path", None)
-                result["audit"] = audit
-                atomic_write_text(out / f"{name}.json", json.dumps(result, indent=1, default=float))
-                attached = f" and into {out / f'{name}.json'}"
-        print(f"{name}: " + " ".join(audit["verdicts"]) + f" -> {out / f'{name}.audit.json'}{attached}")
+        note = _write_beside_result(out, name, card, "audit", audit, ["audit"])
+        print(f"{name}: " + " ".join(audit["verdicts"]) + f" {note}")
     return 0
 
 
 def cmd_check_attacks(args) -> int:
-    import json
-
-    from medrobust.checkpoints import classes_of, load_checkpoint
-    from medrobust.evaluation import EvalConfig, attack_checks, load_results, map_labels
-    from medrobust.fileio import atomic_write_text
-    from medrobust.settings import data_roots
+    from medrobust.evaluation import EvalConfig, attack_checks
 
     config = EvalConfig(pgd_steps=args.steps, restarts=args.restarts, apgd_restarts=args.apgd_restarts,
                         seed=args.seed).validate()
-    roots, datasets = data_roots(args.data), {}
     out = args.out or settings.results_dir()
-    for target in args.checkpoints:
-        ckpt = _checkpoint_file(target)
-        model, card = load_checkpoint(ckpt)
-        size = int(card.get("image_size") or (card.get("config") or {}).get("image_size") or 0)
-        data, part, split_hash, _ = _test_part(ckpt, card, args=args, size=size, roots=roots, datasets=datasets,
-                                               verbose=True)
-        labels = map_labels(part.labels, data_classes=data.classes, model_classes=classes_of(card))
-        name = card.get("name") or ckpt.stem
+    for model, card, part, labels, split_hash, name in _models_on_test_parts(args):
         print(f"checking the attacks on {name}: {min(args.n, len(part))} images at eps {args.eps:g} ...", file=sys.stderr)
         checks = {**attack_checks(model, part.images, labels, config=config, eps=args.eps, n=args.n,
                                   square_queries=args.queries, seed=args.seed),
                   "model": name, "model_sha256": card.get("sha256"), "split_hash": split_hash}
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / f"{name}.attack_checks.json", json.dumps(checks, indent=1, default=float))
-        if (out / f"{name}.json").is_file():
-            (result,) = load_results([out / f"{name}.json"]) or (None,)
-            if result is not None and result.get("model_sha256") == card.get("sha256"):
-                result.pop("_path", None)
-                result.setdefault("sanity", {})["attack_checks"] = checks
-                atomic_write_text(out / f"{name}.json", json.dumps(result, indent=1, default=float))
+        note = _write_beside_result(out, name, card, "attack_checks", checks, ["sanity", "attack_checks"])
         sq, b = checks["square"], checks["budget"]
         print(f"{name}: worst case {100 * b['accuracy']:.1f} %, with {b['factor']}x steps and restarts "
               f"{100 * b['accuracy_larger_budget']:.1f} %; Square ({sq['n_queries']} queries) "
-              f"{100 * sq['square_accuracy']:.1f} %: {'OK' if checks['ok'] else 'CHECK FAILED'} ({sq['note']})")
+              f"{100 * sq['square_accuracy']:.1f} %: {'OK' if checks['ok'] else 'CHECK FAILED'} ({sq['note']}) {note}")
     return 0
 
 

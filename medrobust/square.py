@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrobust.attacks import Norm, _check_norm, _fp32_logits, _per_sample, eval_mode
+from medrobust.attacks import Norm, _check_norm, _fp32_logits, _l2_norm as _l2, _per_sample, eval_mode, logit_margin
 
 __all__ = ["square", "gradient_masking_check", "p_selection"]
 
@@ -101,23 +101,10 @@ def _normalize_l2(t: torch.Tensor) -> torch.Tensor:
     return t / (norm.view(-1, 1, 1, 1) + 1e-12)
 
 
-def _l2(t: torch.Tensor) -> torch.Tensor:
-    return (t**2).view(t.shape[0], -1).sum(-1).sqrt().view(-1, 1, 1, 1)
-
-
-def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_y - max_{k != y} z_k`` per sample (the reference's margin loss, untargeted)."""
-    u = torch.arange(logits.shape[0], device=logits.device)
-    y_corr = logits[u, y].clone()
-    others = logits.clone()
-    others[u, y] = -float("inf")
-    return y_corr - others.max(dim=-1)[0]
-
-
 def _query(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One query: fp32 logits (no autocast, no graph) -> (margin, misclassified)."""
     logits = _fp32_logits(model, x)
-    return _margin(logits, y), logits.argmax(1) != y
+    return logit_margin(logits, y), logits.argmax(1) != y
 
 
 def _square_run(
