@@ -41,7 +41,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", metavar="DIR",
-                   help="data folder(s) in the upstream layout: use real test images (the checkpoint's split) "
+                   help="data folder(s) in the upstream layout (the checkpoint's split), or one test manifest written "
+                        "by scripts/export_test_set.py (all its images): use real test images "
                         "instead of synthetic ones")
 
 
@@ -182,6 +183,15 @@ def test_images(data: list[str] | None, size: int, card: dict | None, n: int | N
         return x, y, f"{n} SYNTHETIC structured images at {size} px (no --data given; {int(y.sum())} of class 1)"
     from medrobust.data import load_dataset, split_by_patient
 
+    if len(data) == 1 and str(data[0]).endswith(".csv"):  # a test set of its own (scripts/export_test_set.py)
+        from medrobust.checkpoints import classes_of
+
+        part = load_dataset([Path(data[0])], image_size=size, classes=classes_of(card) if card else None)
+        x, y = part.float_images(), part.labels
+        if n is not None and n < x.shape[0]:
+            idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
+            x, y = x[idx], y[idx]
+        return x.contiguous(), y, f"{x.shape[0]} test images of the manifest {data[0]} at {size} px ({int(y.sum())} of class 1)"
     ds = load_dataset([Path(d) for d in data], image_size=size)
     info = (card or {}).get("split", {})
     split = split_by_patient(ds.records, seed=int(info.get("seed", 0)),

@@ -88,7 +88,7 @@ def cpu_kind() -> str:
 def main() -> int:
     args = parse()
     data = args.data or [str(d) for d in DEFAULT_DATA]
-    missing = [d for d in data if not (Path(d) / "metadata.csv").is_file()]
+    missing = [d for d in data if not (Path(d) / "metadata.csv").is_file() and not (str(d).endswith(".csv") and Path(d).is_file())]
     if missing:
         print(f"bench_ensemble: real data not found ({', '.join(missing)} has no metadata.csv). This benchmark "
               "runs on the checkpoint's real test images only: pass --data DIR for each data folder "

@@ -262,9 +262,44 @@ def _no_autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device | str):
+    """A context in which fp32 means IEEE fp32 on CUDA: TF32 off for cuDNN convolutions and matmuls.
+
+    PyTorch lets cuDNN run fp32 convolutions in TF32 (10-bit mantissa) on Ampere and later GPUs by
+    default, so an "fp32" verdict there would not be one. Inside this context both are IEEE fp32; the
+    previous settings come back on exit. On other devices it changes nothing. The flags are process-wide:
+    another thread computing on the GPU meanwhile also gets IEEE fp32 (slower, never less exact).
+
+    Examples
+    --------
+    >>> with ieee_fp32("cpu"):
+    ...     pass
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        # torch >= 2.9: the per-operator API (mixing it with the legacy allow_tf32 flags raises).
+        old = (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+        conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = "ieee", "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = old
+        return
+    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = False, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def _fp32_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits of an fp32 forward pass (no autocast, no graph): the forward that decides success."""
-    with torch.no_grad(), _no_autocast(x.device):
+    """Logits of an IEEE fp32 forward pass (no autocast, no TF32, no graph): the forward that decides success."""
+    with torch.no_grad(), _no_autocast(x.device), ieee_fp32(x.device):
         return model(x.float()).float()
 
 

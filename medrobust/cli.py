@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("checkpoints", nargs="+", type=Path, help="model .safetensors files or run folders")
     _add_data(k)
     k.add_argument("--out", type=Path, help="results folder (default $MEDROBUST_RESULTS, else results/)")
-    k.add_argument("--eps", type=_non_negative, default=2.0, help="radius stated at 224 px (default 2)")
+    k.add_argument("--eps", type=_non_negative, nargs="+", default=[2.0],
+                   help="radius (or radii) stated at 224 px (default 2)")
     k.add_argument("--n", type=_positive_int, default=64, help="images checked (default 64)")
     k.add_argument("--queries", type=_positive_int, default=1000, help="Square queries (default 1000)")
     k.add_argument("--steps", type=_positive_int, default=20)
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_test_set(k)
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    k.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
 
     r = sub.add_parser("report", help="print Table I and Table II for evaluated models",
                        description="Print the paper's tables (Markdown) from evaluation JSON files or folders.")
@@ -490,22 +492,34 @@ def cmd_audit(args) -> int:
 
 
 def cmd_check_attacks(args) -> int:
-    from medrobust.evaluation import EvalConfig, attack_checks
+    from medrobust import distributed
+    from medrobust.evaluation import EvalConfig, attack_checks, precision_info
 
     config = EvalConfig(pgd_steps=args.steps, restarts=args.restarts, apgd_restarts=args.apgd_restarts,
                         seed=args.seed).validate()
+    device = distributed.setup(args.device).device
     out = args.out or settings.results_dir()
+    failed = 0
     for model, card, part, labels, split_hash, name in _models_on_test_parts(args):
-        print(f"checking the attacks on {name}: {min(args.n, len(part))} images at eps {args.eps:g} ...", file=sys.stderr)
-        checks = {**attack_checks(model, part.images, labels, config=config, eps=args.eps, n=args.n,
-                                  square_queries=args.queries, seed=args.seed),
-                  "model": name, "model_sha256": card.get("sha256"), "split_hash": split_hash}
-        note = _write_beside_result(out, name, card, "attack_checks", checks, ["sanity", "attack_checks"])
-        sq, b = checks["square"], checks["budget"]
-        print(f"{name}: worst case {100 * b['accuracy']:.1f} %, with {b['factor']}x steps and restarts "
-              f"{100 * b['accuracy_larger_budget']:.1f} %; Square ({sq['n_queries']} queries) "
-              f"{100 * sq['square_accuracy']:.1f} %: {'OK' if checks['ok'] else 'CHECK FAILED'} ({sq['note']}) {note}")
-    return 0
+        model = model.to(device)
+        images, labels = part.images.to(device), labels.to(device)
+        checks = []
+        for eps in args.eps:
+            print(f"checking the attacks on {name}: {min(args.n, len(part))} images at eps {eps:g} on {device} ...",
+                  file=sys.stderr)
+            c = attack_checks(model, images, labels, config=config, eps=eps, n=args.n, square_queries=args.queries,
+                              seed=args.seed)
+            sq, b = c["square"], c["budget"]
+            print(f"{name} eps {eps:g}: worst case {100 * b['accuracy']:.1f} %, with {b['factor']}x steps and restarts "
+                  f"{100 * b['accuracy_larger_budget']:.1f} %; Square ({sq['n_queries']} queries) "
+                  f"{100 * sq['square_accuracy']:.1f} %: {'OK' if c['ok'] else 'CHECK FAILED'} ({sq['note']})")
+            checks.append(c)
+        value = {"model": name, "model_sha256": card.get("sha256"), "split_hash": split_hash,
+                 "ok": all(c["ok"] for c in checks), "by_eps": checks,
+                 "precision": precision_info(device, attack_autocast=config.use_autocast)}
+        failed += not value["ok"]
+        print(_write_beside_result(out, name, card, "attack_checks", value, ["sanity", "attack_checks"]))
+    return 1 if failed else 0
 
 
 def cmd_report(args) -> int:

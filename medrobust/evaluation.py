@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from medrobust.attacks import ENSEMBLE, cpu_bf16_is_fast, scale_eps, worst_case
+from medrobust.attacks import ENSEMBLE, cpu_bf16_is_fast, ieee_fp32, scale_eps, worst_case
 from medrobust.choices import CLASS_NAMES, Norm, parse_choice
 from medrobust.clinical import CLINICAL, LEVELS, clinical_corrupt
 from medrobust.corruptions import SEVERITIES, apply_corruption
@@ -178,8 +178,9 @@ def _batches(n: int, size: int):
 
 @torch.no_grad()
 def _logits(model, x: torch.Tensor) -> np.ndarray:
-    """The counted prediction: an fp32 forward pass, whatever the attack iterations used."""
-    return model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+    """The counted prediction: an IEEE fp32 forward pass (no TF32 on CUDA), whatever the attack iterations used."""
+    with ieee_fp32(x.device):
+        return model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
 
 
 def _rank_world() -> tuple[int, int]:
@@ -245,7 +246,8 @@ def precision_info(device: torch.device | str, *, attack_autocast: bool) -> dict
                 break
     except OSError:
         pass
-    return {"counted_predictions": "fp32", "attack_iterations": "bf16 autocast" if bf16 else "fp32",
+    return {"counted_predictions": "fp32 (IEEE: TF32 off on CUDA)" if device.type == "cuda" else "fp32",
+            "attack_iterations": "bf16 autocast" if bf16 else "fp32",
             "device": str(device), "cpu": cpu, "cpu_native_bf16": bool(device.type == "cpu" and cpu_bf16_is_fast()),
             "torch": torch.__version__}
 
@@ -711,7 +713,7 @@ def evaluate_fold(
     evaluation never repeats a finished fold.
     """
     from medrobust.checkpoints import load_checkpoint
-    from medrobust.data import DataError, check_no_overlap, load_dataset, split_from_info
+    from medrobust.data import DataError
 
     model, card = load_checkpoint(ckpt, device=device)
     split_info = card.get("split", {})
@@ -725,6 +727,37 @@ def evaluate_fold(
         if saved.get("key") == key:
             log(f"fold {fold}: reusing its evaluation in {cache}")
             return PerSample.load(cache / f"fold{fold}.npz"), saved["summary"], card
+    part = fold_part(card, fold, roots=roots, data=data)
+    log(f"fold {fold}: {len(part.keys)} test images of {len(set(part.groups))} patients ...")
+    ps, summary = evaluate_fold_part(model, card, part, config=config, cache_dir=cache)
+    return ps, summary, card
+
+
+@dataclass
+class FoldPart:
+    """One fold's test images as :func:`evaluate_fold` rebuilds them from the data and the fold's card."""
+
+    fold: int
+    images: torch.Tensor  # (N, 1, H, W) as the data set holds them
+    labels: torch.Tensor  # (N,)
+    keys: list[str]
+    groups: list[str]  # patient of each image
+    split_hash: str
+    n_labelled: int  # images in the whole labelled data set (the pooled folds must test them all)
+
+    def save(self, path: str | Path) -> None:
+        torch.save({**asdict(self), "images": self.images.contiguous(), "labels": self.labels.contiguous()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FoldPart":
+        return cls(**torch.load(path, weights_only=True))
+
+
+def fold_part(card: dict[str, Any], fold: int, *, roots, data=None) -> FoldPart:
+    """Fold ``fold``'s test images, rebuilt from the data and the fold model's card (patient overlap checked)."""
+    from medrobust.data import check_no_overlap, load_dataset, split_from_info
+
+    split_info = card.get("split", {})
     size = int(card.get("image_size") or card["config"]["image_size"])
     classes = (card.get("config") or {}).get("classes")  # the training run's class order, if it fixed one
     if data is None or data.image_size != size or (classes and tuple(data.classes) != tuple(classes)):
@@ -732,20 +765,29 @@ def evaluate_fold(
     split = split_from_info(data.records, split_info)
     check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients["test"])
     test = data.subset(split.images["test"])
-    log(f"fold {fold}: {len(test)} test images of {len(split.patients['test'])} patients ...")
+    return FoldPart(fold=fold, images=test.images, labels=test.labels, keys=[x.key for x in test.records],
+                    groups=[x.patient for x in test.records], split_hash=split.hash, n_labelled=len(data.records))
+
+
+def evaluate_fold_part(model: torch.nn.Module, card: dict[str, Any], part: FoldPart, *, config: EvalConfig,
+                       cache_dir: str | Path | None = None) -> tuple[PerSample, dict[str, Any]]:
+    """Evaluate a fold model on its test part; with ``cache_dir`` keep ``fold<i>.npz`` / ``fold<i>.json``
+    keyed by the checkpoint's sha256 and the config, as :func:`evaluate_fold` reuses them."""
     t0 = time.time()
-    r = evaluate_model(model, test.images, test.labels, config=config, name=f"fold{fold}", card=card,
-                       keys=[x.key for x in test.records], groups=[x.patient for x in test.records], fold=fold,
-                       split_hash=split.hash)
-    summary = {"fold": fold, "n_test": r["n_test"], "n_labelled": len(data.records), "split_hash": split.hash,
+    r = evaluate_model(model, part.images, part.labels, config=config, name=f"fold{part.fold}", card=card,
+                       keys=part.keys, groups=part.groups, fold=part.fold, split_hash=part.split_hash)
+    summary = {"fold": part.fold, "n_test": r["n_test"], "n_labelled": part.n_labelled, "split_hash": part.split_hash,
                "seconds": time.time() - t0, "train_seconds": card.get("train_seconds"),
                "clean": {k: r["clean"][k] for k in PER_LEVEL_METRICS}, "degenerate": r["degenerate"],
                "precision": r["precision"]}
-    if cache is not None:
+    if cache_dir is not None:
+        cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
-        r["_per_sample"].save(cache / f"fold{fold}.npz")
-        atomic_write_text(cache / f"fold{fold}.json", json.dumps({"key": key, "summary": summary}, indent=1, default=float))
-    return r["_per_sample"], summary, card
+        key = {"sha256": card.get("sha256"), "config": _config_digest(config)}
+        r["_per_sample"].save(cache / f"fold{part.fold}.npz")
+        atomic_write_text(cache / f"fold{part.fold}.json",
+                          json.dumps({"key": key, "summary": summary}, indent=1, default=float))
+    return r["_per_sample"], summary
 
 
 def evaluate_cv(
