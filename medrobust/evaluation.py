@@ -372,7 +372,7 @@ def attack_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     t0 = time.time()
     square = gradient_masking_check(model=model, x=x, y=y, eps=eps_px, white_box_correct=base.ok,
                                     n_queries=square_queries, norm=config.norm,
-                                    generator=torch.Generator(device=x.device).manual_seed(seed))
+                                    generator=torch.Generator().manual_seed(seed))  # CPU draws: same on every device
     gap = float(base.ok.float().mean() - big.ok.float().mean())
     budget = {"steps": config.pgd_steps, "restarts": config.restarts, "apgd_restarts": config.apgd_restarts,
               "factor": budget_factor, "accuracy": float(base.ok.float().mean()),

@@ -50,8 +50,10 @@ def p_selection(p_init: float, it: int, n_queries: int) -> float:
 
 
 def _rand(shape: list[int], generator: torch.Generator | None) -> torch.Tensor:
-    # Drawn on the CPU (as the reference's torch.rand(shape)), so a seed repeats on every device.
-    return torch.rand(shape, generator=generator)
+    # Drawn on the generator's device, returned on the CPU (as the reference's torch.rand(shape)): with a
+    # CPU generator (the default) a seed repeats on every device; a CUDA generator works too.
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(shape, generator=generator, device=device).cpu()
 
 
 def _random_choice(shape: list[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
