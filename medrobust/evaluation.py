@@ -833,6 +833,9 @@ def evaluate_cv(
     result["cv"].update({"dir": cv_dir.name, "fold_results": fold_summaries,
                          "model_sha256": [c.get("sha256") for c in cards],
                          "train_seconds": [c.get("train_seconds") for c in cards]})
-    result["precision"] = precision_info(device, attack_autocast=config.use_autocast)
+    # The arithmetic of the folds (a fold evaluated elsewhere, e.g. on a GPU, keeps its own record).
+    precisions = [f.get("precision") or precision_info(device, attack_autocast=config.use_autocast)
+                  for f in fold_summaries]
+    result["precision"] = precisions[0] if all(p == precisions[0] for p in precisions) else {"per_fold": precisions}
     result["timing"] = {"total_s": sum(f["seconds"] for f in fold_summaries)}
     return result

@@ -260,6 +260,9 @@ def render_report(results: Sequence[dict[str, Any]]) -> str:
     parts += ["### Table I — accuracy / balanced accuracy (%)", table_one(results), "",
               "### Adversarial accuracy per radius (worst case over the attack ensemble)", table_pgd(results), "",
               "### Table II — calibration (clean test images)", table_two(results)]
+    checks = table_attack_checks(results)
+    if checks:
+        parts += ["", "### Attack checks: a black-box attack (Square) and a larger budget against the worst case", checks]
     clinical = table_suite_means(results, "clinical")
     if clinical:
         parts += ["", "### Clinical corruption suite: means over 9 corruptions x 5 levels", clinical]
@@ -406,6 +409,37 @@ def table_pgd_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[f"eps {x['severity']:g} {ATTACK_LABELS.get(a, a)} acc %"] = _pct(v)
         rows.append(row)
     return rows
+
+
+def attack_check_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model and radius checked by ``check-attacks`` (``sanity.attack_checks``): the white-box
+    worst case, the same with a larger budget, the Square attack's accuracy, and the verdicts."""
+    rows = []
+    for r in _sorted(results):
+        checks = (r.get("sanity") or {}).get("attack_checks")
+        if not checks:
+            continue
+        for c in checks.get("by_eps", [checks]):  # older files hold one radius at the top level
+            sq, b = c["square"], c["budget"]
+            verdict = ("gradient masking suspected" if sq.get("masking_suspected")
+                       else f"larger budget lowers it by {100 * b['gap']:.1f} points" if not b.get("gap_ok")
+                       else "ok")
+            rows.append({"model": r["name"] + _flag(r), "eps (224 px)": f"{c['eps']:g}", "images": c["n"],
+                         "worst case %": _pct(b["accuracy"]),
+                         f"{b['factor']}x steps and restarts %": _pct(b["accuracy_larger_budget"]),
+                         "Square %": _pct(sq["square_accuracy"]), "Square queries": sq["n_queries"],
+                         "verdict": verdict})
+    return rows
+
+
+def table_attack_checks(results: Sequence[dict[str, Any]]) -> str:
+    """The attack checks as Markdown ('' when no result carries them)."""
+    rows = attack_check_rows(results)
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(str(row.get(c, "")) for c in cols) + " |" for row in rows])
 
 
 def clinical_reading(results: Sequence[dict[str, Any]]) -> list[str]:

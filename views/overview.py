@@ -60,6 +60,12 @@ if suite == "clinical":
 
 with st.expander("Adversarial accuracy at each radius: the worst case over PGD and APGD-CE, and each attack's own"):
     st.dataframe(pd.DataFrame(report.table_pgd_rows(results)), hide_index=True)
+    checks = report.attack_check_rows(results)
+    if checks:
+        st.markdown("**Attack checks** (`python -m medrobust check-attacks`): a black-box attack (Square) finding "
+                    "lower accuracy than the white-box worst case would point to gradient masking; a larger budget "
+                    "lowering it by more than a point means the benchmark's budget is not converged there.")
+        st.dataframe(pd.DataFrame(checks), hide_index=True)
 
 st.subheader("Table II — calibration on clean test images")
 t2 = pd.DataFrame(report.drop_empty_paper_columns(report.table_two_rows(results)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import io
 import os
 import struct
@@ -77,6 +79,25 @@ def test_overview_is_the_landing_page_with_tables_curves_and_warnings(dashboard_
     labels = [b.label for b in at.get("download_button")]
     assert any("CSV" in l for l in labels) and any("JSON" in l for l in labels)
 
+
+
+def test_overview_shows_the_attack_checks_a_result_carries(dashboard_env, tmp_path, monkeypatch):
+    import shutil
+
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(dashboard_env, ckpts)
+    path = ckpts / "results" / "robust.json"
+    result = json.loads(path.read_text())
+    check = {"n": 8, "eps": 2.0, "square": {"n_queries": 50, "square_accuracy": 0.5, "masking_suspected": True},
+             "budget": {"factor": 2, "accuracy": 0.625, "accuracy_larger_budget": 0.625, "gap": 0.0, "gap_ok": True}}
+    result.setdefault("sanity", {})["attack_checks"] = {"ok": False, "by_eps": [check]}
+    path.write_text(json.dumps(result))
+    monkeypatch.setenv("MEDROBUST_CHECKPOINTS", str(ckpts))
+    at = _app()
+    _no_exception(at)
+    tables = [d.value for d in at.dataframe if "Square %" in d.value.columns]
+    assert len(tables) == 1 and list(tables[0]["model"]) == ["robust"]
+    assert tables[0]["verdict"][0] == "gradient masking suspected" and tables[0]["Square %"][0] == "50.0"
 
 
 def test_overview_can_show_an_earlier_attempt_beside_the_shipped_set(dashboard_env):

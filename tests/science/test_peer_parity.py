@@ -16,9 +16,9 @@ test images (hours on 2 CPU cores), so the test runs on a fixed subset: the firs
 images of a seed-0 permutation of the test split (as benchmarks/_common.py takes subsets), default
 :data:`DEFAULT_N` (2: with so few images the one-image tolerance checks the harness, not strength);
 ``MEDROBUST_PARITY_N=all`` runs all 118. Measured 2026-11-26 with 6 images on 2 shared AVX-512 EPYC cores
-under a load average of ~4.5 (other jobs): 17 min for both models (531 s robust, 479 s robustaugmix), every
-attack agreeing on every image. The full-test-set comparison is the shipped evaluation itself
-(checkpoints/results: each attack's accuracy beside the worst case) against the peers' figures in the issue.
+under a load average of ~4.5 (other jobs): 17 min for both models, every attack agreeing on every image.
+All 118 images ran on a lent H200 with ``benchmarks/bench_parity.py`` (the same functions; 16 s for both
+models; table in benchmarks/README.md): ours at or below every peer at every eps.
 ``-s`` shows the per-eps table. Threads: ``OMP_NUM_THREADS`` if set (conftest pins 1 otherwise).
 
 Skipped cleanly when the real data (``../shared/data``, as tests/workflows/test_real_data.py), the

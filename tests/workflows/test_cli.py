@@ -276,3 +276,23 @@ def test_checkpoint_whose_card_lacks_the_image_size(tmp_path, monkeypatch, covid
     save_checkpoint(tmp_path / "foreign.safetensors", build_model(), {"name": "foreign"})
     rc, _, err = run_main(["evaluate", str(tmp_path / "foreign.safetensors"), "--data", str(covid_root.path)])
     assert_one_line_error(rc, err, "evaluate", "records no image size")
+
+
+def test_check_attacks_writes_each_radius_beside_the_result_and_the_report_shows_them(e2e, tmp_path, monkeypatch):
+    shutil.copytree(e2e["base"] / "results", tmp_path / "results")
+    monkeypatch.setenv("MEDROBUST_CACHE", str(e2e["base"] / "cache"))
+    monkeypatch.setenv("MEDROBUST_CPU_BF16", "0")
+    rc, out, err = run_main(["check-attacks", str(e2e["base"] / "run"), *e2e["data_args"], "--out",
+                             str(tmp_path / "results"), "--n", "4", "--eps", "1", "3", "--queries", "5",
+                             "--steps", "1", "--restarts", "1", "--device", "cpu"])
+    assert rc in (0, 1), err  # 1: a check failed (a finding, reported), never a crash
+    checks = json.loads((tmp_path / "results" / "run.attack_checks.json").read_text())
+    assert [c["eps"] for c in checks["by_eps"]] == [1.0, 3.0] and checks["ok"] == (rc == 0)
+    assert all(c["n"] == 4 and c["square"]["n_queries"] == 5 for c in checks["by_eps"])
+    assert checks["precision"]["device"] == "cpu"
+    result = json.loads((tmp_path / "results" / "run.json").read_text())
+    assert result["sanity"]["attack_checks"] == checks
+    rc, out, err = run_main(["report", str(tmp_path / "results")])
+    assert rc == 0, err
+    table = out.split("### Attack checks")[1].split("###")[0]
+    assert table.count("| run") == 2 and "| 5 |" in table
