@@ -309,14 +309,19 @@ def audit_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Row dicts (the first row's keys are the columns) as a Markdown table."""
+    cols = list(rows[0])
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(str(row.get(c, "")) for c in cols) + " |" for row in rows])
+
+
 def table_audit(results: Sequence[dict[str, Any]]) -> str:
     """The shortcut audit of every audited result, with its verdicts, as Markdown ('' when none is audited)."""
     rows = audit_rows(results)
     if not rows:
         return ""
-    head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows]
+    lines = [_markdown(rows)]
     verdicts = [f"- {r['name']}: {v}" for r in _sorted(results) for v in (r.get("audit") or {}).get("verdicts", [])]
     return "\n".join(lines + ([""] + verdicts if verdicts else []))
 
@@ -437,9 +442,7 @@ def table_attack_checks(results: Sequence[dict[str, Any]]) -> str:
     rows = attack_check_rows(results)
     if not rows:
         return ""
-    cols = list(rows[0])
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-                     + ["| " + " | ".join(str(row.get(c, "")) for c in cols) + " |" for row in rows])
+    return _markdown(rows)
 
 
 def clinical_reading(results: Sequence[dict[str, Any]]) -> list[str]:

@@ -391,3 +391,16 @@ def test_check_definition_and_inputs():
         gradient_masking_check(white_box_correct=torch.ones(8), **kw)
     with pytest.raises(ValueError):
         gradient_masking_check(white_box_correct=torch.ones(7, dtype=torch.bool), **kw)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("device_of_generator", ["cpu", "cuda"])
+def test_runs_on_cuda_with_a_cpu_or_a_cuda_generator(device_of_generator):
+    model = small_conv(0).cuda()
+    x = batch(0, 6, 16, 16).cuda()
+    y = predictions(model, x)
+    g = torch.Generator(device=device_of_generator).manual_seed(3)
+    adv, fooled = square(model, x, y, eps=0.5, n_queries=20, generator=g)
+    assert adv.device == x.device and fooled.shape == (6,)
+    assert float((adv - x).flatten(1).norm(dim=1).max()) <= 0.5 * (1 + 1e-5)
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
