@@ -184,24 +184,37 @@ def test_images(data: list[str] | None, size: int, card: dict | None, n: int | N
     from medrobust.data import load_dataset, split_by_patient
 
     if len(data) == 1 and str(data[0]).endswith(".csv"):  # a test set of its own (scripts/export_test_set.py)
-        from medrobust.checkpoints import classes_of
-
-        part = load_dataset([Path(data[0])], image_size=size, classes=classes_of(card) if card else None)
-        x, y = part.float_images(), part.labels
-        if n is not None and n < x.shape[0]:
-            idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
-            x, y = x[idx], y[idx]
-        return x.contiguous(), y, f"{x.shape[0]} test images of the manifest {data[0]} at {size} px ({int(y.sum())} of class 1)"
-    ds = load_dataset([Path(d) for d in data], image_size=size)
-    info = (card or {}).get("split", {})
-    split = split_by_patient(ds.records, seed=int(info.get("seed", 0)),
-                             fractions=tuple(info.get("fractions", (0.7, 0.1, 0.2))))
-    part = ds.subset(split.images["test"])
+        part = manifest_test_set(Path(data[0]), size, card)
+        what = f"test images of the manifest {data[0]}"
+    else:
+        ds = load_dataset([Path(d) for d in data], image_size=size)
+        info = (card or {}).get("split", {})
+        split = split_by_patient(ds.records, seed=int(info.get("seed", 0)),
+                                 fractions=tuple(info.get("fractions", (0.7, 0.1, 0.2))))
+        part = ds.subset(split.images["test"])
+        what = "real test images"
     x, y = part.float_images(), part.labels
     if n is not None and n < x.shape[0]:  # a seeded random subset: the split's order groups the classes
         idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
         x, y = x[idx], y[idx]
-    return x.contiguous(), y, f"{x.shape[0]} real test images at {size} px ({int(y.sum())} COVID-19)"
+    return x.contiguous(), y, f"{x.shape[0]} {what} at {size} px ({int(y.sum())} of class 1)"
+
+
+def manifest_test_set(csv_path: Path, size: int, card: dict | None):
+    """A test set exported for a checkpoint (its manifest.json must name this checkpoint's weights or split)."""
+    import json
+
+    from medrobust.checkpoints import classes_of
+    from medrobust.data import load_dataset
+
+    meta_path = csv_path.with_suffix(".json")
+    if card and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        split = (card.get("split") or {}).get("hash")
+        if meta.get("checkpoint_sha256") != card.get("sha256") and (not split or meta.get("split_hash") != split):
+            raise SystemExit(f"{csv_path} holds the test set of another model (split {meta.get('split_hash')}, "
+                             f"this model's is {split}); export one for this model with scripts/export_test_set.py.")
+    return load_dataset([csv_path], image_size=size, classes=classes_of(card) if card else None)
 
 
 class PassCounter(nn.Module):

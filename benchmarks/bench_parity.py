@@ -21,7 +21,6 @@ from pathlib import Path
 
 import _common as C
 import _peers as P
-import torch
 
 SHARED = C.REPO.parent / "shared" / "data"
 DEFAULT_DATA = [SHARED / "covid-chestxray", SHARED / "actualmed"]
@@ -47,6 +46,9 @@ def _checkpoint(name: str) -> Path:
 
 def main() -> int:
     args = parse()
+    if args.n is not None and args.n < 1:
+        print("bench_parity: --n must be at least 1.", file=sys.stderr)
+        return 2
     try:
         import rai_toolbox  # noqa: F401
         import torchattacks  # noqa: F401

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -262,14 +263,57 @@ def _no_autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+class _IeeeFp32:
+    """Process-wide TF32 switch for :func:`ieee_fp32`: off while any caller is inside, restored after the last."""
+
+    lock = threading.Lock()
+    depth = 0
+    restore: Callable[[], None] | None = None
+
+    @staticmethod
+    def tf32_off() -> Callable[[], None]:
+        """Turn TF32 off for cuDNN convolutions and CUDA matmuls; return what puts the settings back.
+
+        Each setting is changed through the API its current value can be read with: the legacy one
+        (``cudnn.allow_tf32``, ``get_float32_matmul_precision``) unless the per-operator API (torch >= 2.9)
+        has set values the legacy getters refuse to read, which then is used instead.
+        """
+        b, undo = torch.backends, []
+        try:
+            conv = b.cudnn.allow_tf32
+            b.cudnn.allow_tf32 = False
+            undo.append(lambda: setattr(b.cudnn, "allow_tf32", conv))
+        except RuntimeError:  # conv and rnn set apart through the per-operator API
+            conv_op = b.cudnn.conv.fp32_precision
+            b.cudnn.conv.fp32_precision = "ieee"
+            undo.append(lambda: setattr(b.cudnn.conv, "fp32_precision", conv_op))
+        matmul_op = getattr(b.cuda.matmul, "fp32_precision", None)  # torch >= 2.9: its exact value comes back
+        if matmul_op is not None:  # ... last, after the legacy setter below has been undone
+            undo.append(lambda: setattr(b.cuda.matmul, "fp32_precision", matmul_op))
+        try:
+            matmul = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision("highest")
+            undo.append(lambda: torch.set_float32_matmul_precision(matmul))
+        except RuntimeError:  # matmul set through the per-operator API
+            b.cuda.matmul.fp32_precision = "ieee"
+
+        def restore() -> None:
+            for step in reversed(undo):
+                step()
+
+        return restore
+
+
 @contextlib.contextmanager
 def ieee_fp32(device: torch.device | str):
     """A context in which fp32 means IEEE fp32 on CUDA: TF32 off for cuDNN convolutions and matmuls.
 
     PyTorch lets cuDNN run fp32 convolutions in TF32 (10-bit mantissa) on Ampere and later GPUs by
-    default, so an "fp32" verdict there would not be one. Inside this context both are IEEE fp32; the
-    previous settings come back on exit. On other devices it changes nothing. The flags are process-wide:
-    another thread computing on the GPU meanwhile also gets IEEE fp32 (slower, never less exact).
+    default, so an "fp32" verdict there would not be one. Inside this context both are IEEE fp32. The
+    settings are process-wide: they are switched off when the first caller (of any thread) enters and
+    restored when the last one leaves, so overlapping callers never see TF32 come back early; other GPU
+    work that runs meanwhile is also IEEE fp32 (slower, never less exact). On other devices it changes
+    nothing.
 
     Examples
     --------
@@ -279,22 +323,18 @@ def ieee_fp32(device: torch.device | str):
     if torch.device(device).type != "cuda":
         yield
         return
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        # torch >= 2.9: the per-operator API (mixing it with the legacy allow_tf32 flags raises).
-        old = (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
-        conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = "ieee", "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = old
-        return
-    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = False, False
+    with _IeeeFp32.lock:
+        if _IeeeFp32.depth == 0:
+            _IeeeFp32.restore = _IeeeFp32.tf32_off()
+        _IeeeFp32.depth += 1
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+        with _IeeeFp32.lock:
+            _IeeeFp32.depth -= 1
+            if _IeeeFp32.depth == 0 and _IeeeFp32.restore is not None:
+                _IeeeFp32.restore()
+                _IeeeFp32.restore = None
 
 
 def _fp32_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -391,6 +391,9 @@ def cramers_v(*, table: ArrayLike) -> dict[str, float]:
     if not np.all(np.isfinite(t)) or (t.size and t.min() < 0):
         raise ValueError("table must hold non-negative finite counts")
     t = t[t.sum(axis=1) > 0][:, t.sum(axis=0) > 0]
+    # Rows (sources) in a canonical order, so the floating-point sums, and hence V at a threshold, do not
+    # depend on the order in which the sources were met (V itself is invariant to it).
+    t = t[np.lexsort(t.T[::-1])] if t.size else t
     n = float(t.sum())
     r, k = t.shape
     if min(r, k) < 2 or n < 2:

@@ -88,6 +88,21 @@ def classes_of(card: dict[str, Any]) -> tuple[str, ...]:
     return tuple(CLASS_NAMES) if k == len(CLASS_NAMES) else tuple(str(i) for i in range(int(k)))
 
 
+def image_size_of(card: dict[str, Any], *, name: str = "this checkpoint") -> int:
+    """The side (px) a checkpoint's model was trained on: ``card["image_size"]``, else its training config's.
+
+    Raises :class:`CheckpointError` (one line) when the card records none.
+    """
+    try:
+        size = int(card.get("image_size") or (card.get("config") or {}).get("image_size") or 0)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1:
+        raise CheckpointError(f"{name}: its card records no image size (image_size); use models written by "
+                              "`medrobust train`, `export` or `import-model`.")
+    return size
+
+
 def _describe(spec: dict[str, Any]) -> str:
     c = spec.get("in_channels", 1)
     return (f"medrobust {spec.get('arch') or DEFAULT_ARCH} ({spec.get('num_classes', len(CLASS_NAMES))} classes, "

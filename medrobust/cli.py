@@ -17,6 +17,7 @@ from medrobust.choices import Arch
 from medrobust.methods import METHODS
 
 EXIT_USAGE = 2
+EXIT_CHECK_FAILED = 3  # check-attacks: a check failed (a finding written to the results, not an error)
 
 
 def _non_negative(text: str) -> float:
@@ -179,10 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a tqdm bar while decoding")
 
     k = sub.add_parser("check-attacks", help="gradient-masking (Square) and budget checks of the worst case",
-                       description="On the first N test images at one radius: the Square attack (black-box) must not "
+                       description="On a seeded random N of the test images at each radius: the Square attack (black-box) must not "
                                    "find lower accuracy than the white-box worst case, and twice the steps and "
                                    "restarts must not lower it by more than a point. Writes OUT/NAME.attack_checks.json "
-                                   "and adds it to OUT/NAME.json (sanity.attack_checks) for the same model.")
+                                   "and adds it to OUT/NAME.json (sanity.attack_checks) for the same model. Exit "
+                                   f"status {EXIT_CHECK_FAILED} when a check fails (the results say which).")
     k.add_argument("checkpoints", nargs="+", type=Path, help="model .safetensors files or run folders")
     _add_data(k)
     k.add_argument("--out", type=Path, help="results folder (default $MEDROBUST_RESULTS, else results/)")
@@ -362,16 +364,12 @@ def _audit(model, part, labels, classes, *, seed: int, n_boot: int, cam_images: 
 
 
 def _evaluate_one(ckpt: Path, *, args, config, dinfo, roots, datasets: dict) -> dict | None:
-    from medrobust.checkpoints import CheckpointError, classes_of, load_checkpoint
+    from medrobust.checkpoints import classes_of, image_size_of, load_checkpoint
     from medrobust.data import DataError
     from medrobust.evaluation import evaluate_model, map_labels
 
     model, card = load_checkpoint(ckpt, device=dinfo.device)
-    try:
-        size = int(card.get("image_size") or card["config"]["image_size"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{ckpt.name}: its card records no image size (image_size); "
-                              "evaluate models written by `medrobust train`, `export` or `import-model`.") from None
+    size = image_size_of(card, name=ckpt.name)
     data, part, split_hash, fold = _test_part(ckpt, card, args=args, size=size, roots=roots, datasets=datasets,
                                               verbose=dinfo.is_main)
     if len(part) == 0:
@@ -393,14 +391,21 @@ def _evaluate_one(ckpt: Path, *, args, config, dinfo, roots, datasets: dict) -> 
     return result if dinfo.is_main else None  # every rank computed the same merged result; rank 0 writes it
 
 
+def evaluate_config(args):
+    """The :class:`~medrobust.evaluation.EvalConfig` of parsed ``evaluate`` options (also for packed CV folds)."""
+    from medrobust.evaluation import EvalConfig
+
+    return EvalConfig(eps=args.eps or EvalConfig.eps, norm=args.norm, pgd_steps=args.steps, restarts=args.restarts,
+                      attacks=args.attacks, apgd_restarts=args.apgd_restarts, n_boot=args.n_boot, seed=args.seed,
+                      suites=tuple(args.suites)).validate()
+
+
 def cmd_evaluate(args) -> int:
     from medrobust import distributed
     from medrobust.evaluation import EvalConfig, evaluate_cv, is_cv_dir, write_results
     from medrobust.settings import data_roots
 
-    config = EvalConfig(eps=args.eps or EvalConfig.eps, norm=args.norm, pgd_steps=args.steps, restarts=args.restarts,
-                        attacks=args.attacks, apgd_restarts=args.apgd_restarts, n_boot=args.n_boot, seed=args.seed,
-                        suites=tuple(args.suites)).validate()
+    config = evaluate_config(args)
     dinfo = distributed.setup(args.device)
     roots = data_roots(args.data)
     datasets: dict[int, object] = {}
@@ -435,7 +440,7 @@ def cmd_evaluate(args) -> int:
 
 def _models_on_test_parts(args):
     """For ``audit`` and ``check-attacks``: each checkpoint with its test images and labels in its class order."""
-    from medrobust.checkpoints import classes_of, load_checkpoint
+    from medrobust.checkpoints import classes_of, image_size_of, load_checkpoint
     from medrobust.evaluation import map_labels
     from medrobust.settings import data_roots
 
@@ -443,9 +448,7 @@ def _models_on_test_parts(args):
     for target in args.checkpoints:
         ckpt = _checkpoint_file(target)
         model, card = load_checkpoint(ckpt)
-        size = int(card.get("image_size") or (card.get("config") or {}).get("image_size") or 0)
-        if size < 1:
-            raise ValueError(f"{ckpt.name}: its card records no image size.")
+        size = image_size_of(card, name=ckpt.name)
         data, part, split_hash, _ = _test_part(ckpt, card, args=args, size=size, roots=roots, datasets=datasets,
                                                verbose=True)
         labels = map_labels(part.labels, data_classes=data.classes, model_classes=classes_of(card))
@@ -497,7 +500,10 @@ def cmd_check_attacks(args) -> int:
 
     config = EvalConfig(pgd_steps=args.steps, restarts=args.restarts, apgd_restarts=args.apgd_restarts,
                         seed=args.seed).validate()
-    device = distributed.setup(args.device).device
+    dinfo = distributed.setup(args.device)
+    if dinfo.enabled:
+        raise ValueError("check-attacks runs in one process (torchrun is for train and evaluate).")
+    device = dinfo.device
     out = args.out or settings.results_dir()
     failed = 0
     for model, card, part, labels, split_hash, name in _models_on_test_parts(args):
@@ -519,7 +525,7 @@ def cmd_check_attacks(args) -> int:
                  "precision": precision_info(device, attack_autocast=config.use_autocast)}
         failed += not value["ok"]
         print(_write_beside_result(out, name, card, "attack_checks", value, ["sanity", "attack_checks"]))
-    return 1 if failed else 0
+    return EXIT_CHECK_FAILED if failed else 0
 
 
 def cmd_report(args) -> int:

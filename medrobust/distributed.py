@@ -38,7 +38,12 @@ def setup(device_name: str = "auto") -> DistInfo:
     if device_name == "auto":
         device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(device_name)
+        try:
+            device = torch.device(device_name)
+        except RuntimeError:
+            raise ValueError(f"unknown device {device_name!r}; use auto, cpu, cuda or cuda:N.") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device_name}: no CUDA GPU is available here; use auto or cpu.")
         if device.type == "cuda" and device.index is None:
             device = torch.device(f"cuda:{local}")
     if device.type == "cuda":

@@ -340,7 +340,7 @@ def attack_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
                   seed: int = 0) -> dict[str, Any]:
     """Is the worst case trustworthy? A gradient-masking check and a budget check on a subset at one radius.
 
-    On the first ``n`` images at ``eps`` (stated at 224 px): (1) the Square attack (score-based, black-box,
+    On a seeded random ``n`` of the images (all when ``n`` >= their number) at ``eps`` (stated at 224 px): (1) the Square attack (score-based, black-box,
     ``square_queries`` queries) must not find lower accuracy than the white-box worst case
     (:func:`medrobust.square.gradient_masking_check`); (2) the ensemble with ``budget_factor`` times the
     steps and restarts must not find more than one point lower accuracy than the benchmark's budget.
@@ -355,7 +355,10 @@ def attack_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
     model.eval()
     x_all = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
-    x, y = x_all[:n], labels.long()[:n]
+    total = int(x_all.shape[0])
+    # A seeded random subset (a split's order groups the classes), in the original order; all when n >= total.
+    idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values.to(x_all.device)
+    x, y = x_all[idx], labels.long().to(x_all.device)[idx]
     side = int(x.shape[-1])
     eps_px = scale_eps(eps, norm=config.norm, side=side)
     t0 = time.time()
@@ -377,7 +380,9 @@ def attack_checks(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     budget = {"steps": config.pgd_steps, "restarts": config.restarts, "apgd_restarts": config.apgd_restarts,
               "factor": budget_factor, "accuracy": float(base.ok.float().mean()),
               "accuracy_larger_budget": float(big.ok.float().mean()), "gap": gap, "gap_ok": gap <= 0.01 + 1e-12}
-    return {"n": int(x.shape[0]), "eps": float(eps), "eps_pixels": eps_px, "square": square, "budget": budget,
+    subset = f"all {total} images" if x.shape[0] == total else f"a seed-{seed} random {x.shape[0]} of {total} images"
+    return {"n": int(x.shape[0]), "subset": subset, "eps": float(eps), "eps_pixels": eps_px, "square": square,
+            "budget": budget,
             "ok": bool(not square["masking_suspected"] and budget["gap_ok"]),
             "seconds": {"white_box": t_white, "square": time.time() - t0}}
 
@@ -689,10 +694,43 @@ def is_cv_dir(path: str | Path) -> bool:
     return path.is_dir() and (path / "fold0").is_dir() and not (path / "model.safetensors").exists()
 
 
-def _config_digest(config: EvalConfig) -> str:
+def config_digest(config: EvalConfig) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(asdict(config), sort_keys=True, default=float).encode()).hexdigest()[:16]
+
+
+def _folds_precision(precisions: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """One precision record for pooled folds: the folds' own when they agree; else the common keys, the
+    devices listed, and each fold's record (``None`` where an older fold file kept none)."""
+    if precisions and all(p is not None and p == precisions[0] for p in precisions):
+        return dict(precisions[0])
+    known = [p for p in precisions if p]
+
+    def common(key: str, fallback: str) -> str:
+        values = {str(p.get(key)) for p in known}
+        return values.pop() if len(values) == 1 and len(known) == len(precisions) else fallback
+
+    counted = {str(p.get("counted_predictions")) for p in known}
+    return {"counted_predictions": ("fp32" if counted and all(c.startswith("fp32") for c in counted)
+                                    and len(known) == len(precisions) else "unknown for some folds"),
+            "attack_iterations": common("attack_iterations", "mixed"),
+            "device": ", ".join(sorted({str(p.get("device")) for p in known})) + (" (and unknown)" if len(known) < len(precisions) else ""),
+            "per_fold": precisions}
+
+
+def _require_fold(card: dict[str, Any], fold: int) -> None:
+    from medrobust.data import DataError
+
+    info = card.get("split", {})
+    if int(info.get("folds", 0)) < 2 or int(info.get("fold", -1)) != fold:
+        raise DataError(f"{card.get('name') or 'this model'} is not fold {fold} of a cross-validation (its card "
+                        f"says folds={info.get('folds')}, fold={info.get('fold')}).")
+
+
+def fold_cache_key(card: dict[str, Any], config: EvalConfig) -> dict[str, str | None]:
+    """What a kept fold evaluation must match to be reused: the weights' sha256 and the config's digest."""
+    return {"sha256": card.get("sha256"), "config": config_digest(config)}
 
 
 def evaluate_fold(
@@ -713,20 +751,18 @@ def evaluate_fold(
     evaluation never repeats a finished fold.
     """
     from medrobust.checkpoints import load_checkpoint
-    from medrobust.data import DataError
 
     model, card = load_checkpoint(ckpt, device=device)
-    split_info = card.get("split", {})
-    if int(split_info.get("folds", 0)) < 2 or int(split_info.get("fold", -1)) != fold:
-        raise DataError(f"{ckpt} is not fold {fold} of a cross-validation (its card says folds="
-                        f"{split_info.get('folds')}, fold={split_info.get('fold')}).")
-    key = {"sha256": card.get("sha256"), "config": _config_digest(config)}
+    _require_fold(card, fold)
+    key = fold_cache_key(card, config)
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None and (cache / f"fold{fold}.json").is_file() and (cache / f"fold{fold}.npz").is_file():
         saved = json.loads((cache / f"fold{fold}.json").read_text())
         if saved.get("key") == key:
             log(f"fold {fold}: reusing its evaluation in {cache}")
             return PerSample.load(cache / f"fold{fold}.npz"), saved["summary"], card
+        log(f"fold {fold}: the evaluation kept in {cache} was made with other weights or settings "
+            f"({saved.get('key')} vs {key}); evaluating again")
     part = fold_part(card, fold, roots=roots, data=data)
     log(f"fold {fold}: {len(part.keys)} test images of {len(set(part.groups))} patients ...")
     ps, summary = evaluate_fold_part(model, card, part, config=config, cache_dir=cache)
@@ -746,7 +782,7 @@ class FoldPart:
     n_labelled: int  # images in the whole labelled data set (the pooled folds must test them all)
 
     def save(self, path: str | Path) -> None:
-        torch.save({**asdict(self), "images": self.images.contiguous(), "labels": self.labels.contiguous()}, path)
+        torch.save({f: getattr(self, f) for f in self.__dataclass_fields__}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "FoldPart":
@@ -755,10 +791,12 @@ class FoldPart:
 
 def fold_part(card: dict[str, Any], fold: int, *, roots, data=None) -> FoldPart:
     """Fold ``fold``'s test images, rebuilt from the data and the fold model's card (patient overlap checked)."""
+    from medrobust.checkpoints import image_size_of
     from medrobust.data import check_no_overlap, load_dataset, split_from_info
 
+    _require_fold(card, fold)
     split_info = card.get("split", {})
-    size = int(card.get("image_size") or card["config"]["image_size"])
+    size = image_size_of(card, name=str(card.get("name") or f"fold {fold}"))
     classes = (card.get("config") or {}).get("classes")  # the training run's class order, if it fixed one
     if data is None or data.image_size != size or (classes and tuple(data.classes) != tuple(classes)):
         data = load_dataset(roots, image_size=size, classes=classes)
@@ -773,6 +811,10 @@ def evaluate_fold_part(model: torch.nn.Module, card: dict[str, Any], part: FoldP
                        cache_dir: str | Path | None = None) -> tuple[PerSample, dict[str, Any]]:
     """Evaluate a fold model on its test part; with ``cache_dir`` keep ``fold<i>.npz`` / ``fold<i>.json``
     keyed by the checkpoint's sha256 and the config, as :func:`evaluate_fold` reuses them."""
+    split_info = card.get("split", {})
+    if int(split_info.get("fold", -1)) != part.fold:
+        raise ValueError(f"these test images are fold {part.fold}'s, but the model's card says fold "
+                         f"{split_info.get('fold')}.")
     t0 = time.time()
     r = evaluate_model(model, part.images, part.labels, config=config, name=f"fold{part.fold}", card=card,
                        keys=part.keys, groups=part.groups, fold=part.fold, split_hash=part.split_hash)
@@ -783,7 +825,7 @@ def evaluate_fold_part(model: torch.nn.Module, card: dict[str, Any], part: FoldP
     if cache_dir is not None:
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
-        key = {"sha256": card.get("sha256"), "config": _config_digest(config)}
+        key = fold_cache_key(card, config)
         r["_per_sample"].save(cache / f"fold{part.fold}.npz")
         atomic_write_text(cache / f"fold{part.fold}.json",
                           json.dumps({"key": key, "summary": summary}, indent=1, default=float))
@@ -834,8 +876,6 @@ def evaluate_cv(
                          "model_sha256": [c.get("sha256") for c in cards],
                          "train_seconds": [c.get("train_seconds") for c in cards]})
     # The arithmetic of the folds (a fold evaluated elsewhere, e.g. on a GPU, keeps its own record).
-    precisions = [f.get("precision") or precision_info(device, attack_autocast=config.use_autocast)
-                  for f in fold_summaries]
-    result["precision"] = precisions[0] if all(p == precisions[0] for p in precisions) else {"per_fold": precisions}
+    result["precision"] = _folds_precision([f.get("precision") for f in fold_summaries])
     result["timing"] = {"total_s": sum(f["seconds"] for f in fold_summaries)}
     return result

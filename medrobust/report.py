@@ -426,14 +426,13 @@ def attack_check_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             continue
         for c in checks.get("by_eps", [checks]):  # older files hold one radius at the top level
             sq, b = c["square"], c["budget"]
-            verdict = ("gradient masking suspected" if sq.get("masking_suspected")
-                       else f"larger budget lowers it by {100 * b['gap']:.1f} points" if not b.get("gap_ok")
-                       else "ok")
+            problems = (["gradient masking suspected"] if sq.get("masking_suspected") else []) + (
+                [f"{b['factor']}x budget lowers it by {100 * b['gap']:.1f} points"] if not b.get("gap_ok") else [])
             rows.append({"model": r["name"] + _flag(r), "eps (224 px)": f"{c['eps']:g}", "images": c["n"],
                          "worst case %": _pct(b["accuracy"]),
-                         f"{b['factor']}x steps and restarts %": _pct(b["accuracy_larger_budget"]),
+                         "larger budget %": f"{_pct(b['accuracy_larger_budget'])} ({b['factor']}x steps and restarts)",
                          "Square %": _pct(sq["square_accuracy"]), "Square queries": sq["n_queries"],
-                         "verdict": verdict})
+                         "verdict": "; ".join(problems) or "ok"})
     return rows
 
 

@@ -250,9 +250,10 @@ def square(
     p_init
         Initial share of the image a window covers, in (0, 1] (the reference's 0.8).
     generator
-        A CPU generator, the source of all randomness (window positions, signs, orientations, drawn on
-        the CPU whatever the device of ``x``). A seeded generator repeats exactly and the global RNG is
-        left alone; ``None`` draws from torch's global CPU generator.
+        The source of all randomness (window positions, signs, orientations), drawn on the generator's
+        device whatever the device of ``x``: a seeded CPU generator repeats exactly on every device (a
+        CUDA generator works too, with its own draws); the global RNG is left alone; ``None`` draws from
+        torch's global CPU generator.
     batch_size
         Attack at most this many images at a time (memory); ``None`` attacks all at once. As in the
         reference, one window position is drawn per iteration for the whole batch, so results depend

@@ -4,7 +4,8 @@
         --data ../shared/data/actualmed --dest /tmp/testset
 
 Rebuilds the checkpoint's split from its card, copies the test part's original image files into DEST
-and writes DEST/manifest.csv (path, label, patient, source), so that ``--test-manifest DEST/manifest.csv``
+and writes DEST/manifest.csv (path, label, patient, source) with DEST/manifest.json (the checkpoint's
+sha256, split hash and classes: benchmarks refuse the set for another model), so that ``--test-manifest DEST/manifest.csv``
 (evaluate, audit, check-attacks) and ``benchmarks/bench_parity.py --test-manifest`` see exactly the
 same preprocessed images without the whole data set (e.g. on a lent GPU machine that can take only a
 few tens of MiB). Checks that the manifest decodes to tensors identical to the test part's, and
@@ -28,18 +29,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dest", type=Path, required=True)
     args = p.parse_args(argv)
 
+    import json
+
     import torch
 
-    from medrobust.checkpoints import read_card
-    from medrobust.data import load_dataset, split_from_info
+    from medrobust.checkpoints import classes_of, image_size_of, read_card
+    from medrobust.data import check_no_overlap, load_dataset, split_from_info
 
     if args.dest.exists() and any(args.dest.iterdir()):
         print(f"export_test_set: {args.dest} is not empty; choose a new folder.", file=sys.stderr)
         return 2
     card = read_card(args.checkpoint)
-    size = int(card.get("image_size") or card["config"]["image_size"])
-    data = load_dataset(args.data, image_size=size)
+    size = image_size_of(card, name=args.checkpoint.name)
+    if not (card.get("split") or {}).get("train_patients"):
+        print(f"export_test_set: {args.checkpoint.name}'s card lists no training patients, so it has no test split "
+              "to export.", file=sys.stderr)
+        return 2
+    classes = (card.get("config") or {}).get("classes")  # the training run's class order, if it fixed one
+    data = load_dataset(args.data, image_size=size, classes=classes)
     split = split_from_info(data.records, card["split"])
+    check_no_overlap(train_patients=card["split"]["train_patients"], eval_patients=split.patients["test"])
     if card["split"].get("hash") and split.hash != card["split"]["hash"]:
         print(f"export_test_set: these data give split {split.hash}, not the card's {card['split']['hash']}.",
               file=sys.stderr)
@@ -63,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if not same:
         print("export_test_set: the manifest does not decode to the same test tensors.", file=sys.stderr)
         return 1
+    (args.dest / "manifest.json").write_text(json.dumps({
+        "checkpoint_sha256": card.get("sha256"), "split_hash": split.hash, "classes": list(classes_of(card)),
+        "image_size": size, "images": len(rows)}, indent=1))
     mib = sum(f.stat().st_size for f in args.dest.rglob("*") if f.is_file()) / 2**20
     print(f"wrote {len(rows)} test images of {len(split.patients['test'])} patients ({mib:.1f} MiB), split "
           f"{split.hash}, to {args.dest}/manifest.csv; decoded tensors identical to the test part's")

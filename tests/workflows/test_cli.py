@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from medrobust.checkpoints import load_checkpoint, read_card
 from medrobust.cli import main
@@ -285,7 +286,7 @@ def test_check_attacks_writes_each_radius_beside_the_result_and_the_report_shows
     rc, out, err = run_main(["check-attacks", str(e2e["base"] / "run"), *e2e["data_args"], "--out",
                              str(tmp_path / "results"), "--n", "4", "--eps", "1", "3", "--queries", "5",
                              "--steps", "1", "--restarts", "1", "--device", "cpu"])
-    assert rc in (0, 1), err  # 1: a check failed (a finding, reported), never a crash
+    assert rc in (0, 3), err  # 3: a check failed (a finding, written to the results), never a crash
     checks = json.loads((tmp_path / "results" / "run.attack_checks.json").read_text())
     assert [c["eps"] for c in checks["by_eps"]] == [1.0, 3.0] and checks["ok"] == (rc == 0)
     assert all(c["n"] == 4 and c["square"]["n_queries"] == 5 for c in checks["by_eps"])
@@ -296,3 +297,14 @@ def test_check_attacks_writes_each_radius_beside_the_result_and_the_report_shows
     assert rc == 0, err
     table = out.split("### Attack checks")[1].split("###")[0]
     assert table.count("| run") == 2 and "| 5 |" in table
+
+
+@pytest.mark.parametrize("device, expect", [("bogus", "unknown device 'bogus'"),
+                                            pytest.param("cuda", "no CUDA GPU is available here",
+                                                         marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                                  reason="a GPU is here"))])
+def test_check_attacks_refuses_a_device_it_cannot_use_in_one_line(e2e, tmp_path, device, expect):
+    rc, _, err = run_main(["check-attacks", str(e2e["base"] / "run"), *e2e["data_args"], "--out", str(tmp_path),
+                           "--n", "2", "--queries", "2", "--device", device])
+    assert_one_line_error(rc, err, "check-attacks", expect)
+    assert not any(tmp_path.iterdir())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +231,40 @@ def test_attack_checks_report_square_and_the_larger_budget():
     assert b["steps"] == 3 and b["factor"] == 2 and b["accuracy_larger_budget"] <= b["accuracy"] + 1 / 12
     assert c["ok"] == (not c["square"]["masking_suspected"] and b["gap_ok"])
     json.dumps(c)
+
+
+def test_folds_evaluated_elsewhere_pool_to_the_same_result(cv, tmp_path, monkeypatch):
+    """scripts/evaluate_folds_elsewhere.py: pack here, run "there" (another process), pool here = evaluate."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    script = repo / "scripts" / "evaluate_folds_elsewhere.py"
+    env = {**os.environ, "PYTHONPATH": str(repo), "MEDROBUST_CACHE": str(cv["base"] / "cache"),
+           "MEDROBUST_CPU_BF16": "0"}
+    opts = ["--steps", "2", "--eps", "1,2", "--n-boot", "50"]  # as the fixture's evaluate
+    packed, there = tmp_path / "packed", tmp_path / "there"
+    done = subprocess.run([sys.executable, str(script), "pack", str(cv["base"] / "cv-standard"), *cv["data_args"],
+                           "--dest", str(packed), "--", *opts], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for fold in range(3):
+        done = subprocess.run([sys.executable, str(script), "run", str(packed), "--fold", str(fold), "--device", "cpu",
+                               "--cache", str(there)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    # A part run with another fold's model is refused.
+    (packed / "fold0" / "part.pt").replace(packed / "fold1" / "part.pt")
+    done = subprocess.run([sys.executable, str(script), "run", str(packed), "--fold", "1", "--device", "cpu",
+                           "--cache", str(tmp_path / "x")], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "fold 0's, but the model's card says fold 1" in done.stderr
+    results = tmp_path / "results"
+    (results / ".cv-standard.folds").mkdir(parents=True)
+    for f in there.iterdir():
+        f.replace(results / ".cv-standard.folds" / f.name)
+    monkeypatch.setenv("MEDROBUST_CACHE", str(cv["base"] / "cache"))
+    rc, _, err = run_main(["evaluate", str(cv["base"] / "cv-standard"), *cv["data_args"], "--out", str(results), *opts])
+    assert rc == 0, err
+    assert err.count("reusing its evaluation") == 3  # nothing was evaluated again here
+    pooled = json.loads((results / "cv-standard.json").read_text())
+    direct = json.loads((cv["base"] / "results" / "cv-standard.json").read_text())
+    assert [r["accuracy"] for r in pooled["rows"]] == [r["accuracy"] for r in direct["rows"]]
+    assert pooled["precision"]["device"] == "cpu"
