@@ -22,6 +22,8 @@ from pathlib import Path
 import _common as C
 import _peers as P
 
+from medrobust.checkpoints import read_card
+
 SHARED = C.REPO.parent / "shared" / "data"
 DEFAULT_DATA = [SHARED / "covid-chestxray", SHARED / "actualmed"]
 
@@ -62,7 +64,8 @@ def main() -> int:
     report, bad = {"machine": C.machine_line(device), "command": " ".join(sys.argv), "models": {}}, []
     for name in args.models:
         ckpt = _checkpoint(name)
-        model, card, mdesc = C.load_model(str(ckpt), device)
+        card = read_card(ckpt)  # each attack loads its own fresh model (_peers.compare)
+        mdesc = f"checkpoint {ckpt} ({card.get('method')}, {card.get('image_size')} px)"
         x, y, idesc = C.test_images(data, C.card_size(card), card, args.n, seed=args.seed)
         x, y = x.to(device), y.to(device)
         t0 = time.perf_counter()

@@ -9,23 +9,18 @@ import doctest
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
+
+import attack_testkit as testkit  # tests/ is on the test path (pytest.ini)
+from attack_testkit import FAST, SIDE, batch, linear_model, norms
 
 from medrobust import attacks
 from medrobust.attacks import apgd, pgd
 
-SIDE = 8
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
 norm_st = st.sampled_from(["l2", "linf"])
 seed_st = st.integers(0, 2**20)
-
-
-def linear_model(seed: int, channels: int = 1) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(channels * SIDE * SIDE, 2))
 
 
 def small_conv(seed: int) -> nn.Module:
@@ -34,31 +29,11 @@ def small_conv(seed: int) -> nn.Module:
                          nn.Linear(16, 3))
 
 
-class ModeRecorder(nn.Module):
-    """A small conv net with BatchNorm and Dropout that records its training flag at every call."""
+class ModeRecorder(testkit.ModeRecorder):
+    """The shared recorder, with Dropout too."""
 
     def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-                                  nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 2))
-        self.modes: list[bool] = []
-
-    def forward(self, x):
-        self.modes.append(self.training)
-        return self.body(x)
-
-
-def batch(seed: int, n: int, *, lo: float = 0.0, hi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = lo + (hi - lo) * torch.rand((n, 1, SIDE, SIDE), generator=g)
-    y = torch.randint(0, 2, (n,), generator=g)
-    return x, y
-
-
-def norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = delta.flatten(1)
-    return flat.norm(dim=1) if norm == "l2" else flat.abs().amax(dim=1)
+        super().__init__(dropout=True)
 
 
 def run(model, x, y, **kw):

@@ -2,51 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from attack_testkit import FAST, SIDE, ModeRecorder, batch, linear_model, norms  # tests/ is on the test path
+
 from medrobust.attacks import eval_mode, pgd, pgd_multi_eps, scale_eps
-
-SIDE = 8
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def linear_model(seed: int, channels: int = 1) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(channels * SIDE * SIDE, 2))
-
-
-class ModeRecorder(nn.Module):
-    """A small conv net with BatchNorm that records whether it was in training mode at each call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 2))
-        self.modes: list[bool] = []
-
-    def forward(self, x):
-        self.modes.append(self.training)
-        return self.body(x)
-
-
-def batch(seed: int, n: int, *, lo: float = 0.0, hi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = lo + (hi - lo) * torch.rand((n, 1, SIDE, SIDE), generator=g)
-    y = torch.randint(0, 2, (n,), generator=g)
-    return x, y
-
-
-def norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = delta.flatten(1)
-    return flat.norm(dim=1) if norm == "l2" else flat.abs().amax(dim=1)
 
 
 def run(model, x, y, **kw):
