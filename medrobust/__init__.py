@@ -33,6 +33,9 @@ _API: dict[str, str] = {
     "confusion_matrix": "metrics", "per_class_recall": "metrics",
     "Method": "choices", "Norm": "choices", "Noise": "choices", "Arch": "choices", "CLASS_NAMES": "choices",
     "run_audit": "audit", "masking_test": "audit", "source_label_table": "audit",
+    "fit_temperature": "calibrate", "apply_temperature": "calibrate",
+    "choose_threshold": "decision", "rates_at_threshold": "decision", "referral_level": "decision",
+    "risk_coverage": "decision", "conformal_quantile": "decision", "prediction_sets": "decision",
     # workflows
     "load_dataset": "data", "read_records": "data", "split_by_patient": "data",
     "load_checkpoint": "checkpoints", "save_checkpoint": "checkpoints", "import_model": "checkpoints",

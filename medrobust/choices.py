@@ -54,6 +54,20 @@ class Arch(str, Enum):
     CONVNEXT_TINY = "convnext_tiny"
 
 
+class ThresholdRule(str, Enum):
+    """How :func:`medrobust.decision.choose_threshold` picks a binary operating point."""
+
+    YOUDEN = "youden"
+    SENSITIVITY = "sensitivity"
+
+
+class ConformalMethod(str, Enum):
+    """Nonconformity score of split conformal prediction sets (:mod:`medrobust.decision`)."""
+
+    LAC = "lac"
+    APS = "aps"
+
+
 #: The method names in the paper's order; every table and plot lists methods in this order.
 METHOD_NAMES: tuple[str, ...] = tuple(m.value for m in Method)
 #: Class names of the binary COVID task, index = label.
@@ -61,7 +75,10 @@ CLASS_NAMES: tuple[str, str] = ("non-COVID", "COVID-19")
 
 E = TypeVar("E", bound=Enum)
 
-_WHAT = {Method: "method", Norm: "norm", Noise: "noise", Arch: "architecture"}
+_WHAT = {
+    Method: "method", Norm: "norm", Noise: "noise", Arch: "architecture",
+    ThresholdRule: "threshold rule", ConformalMethod: "conformal method",
+}
 
 
 def parse_choice(kind: type[E], value: str | E, *, what: str | None = None) -> E:

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from medrobust import settings
 from medrobust.choices import Arch
 from medrobust.methods import METHODS
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the shortcut audit: source x label table, lungs-blanked / border-blanked accuracy, "
                         "Grad-CAM mass inside the central lung field")
     e.add_argument("--device", default="auto")
+    _add_decision_options(e)
     e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a tqdm bar while decoding")
 
     a = sub.add_parser("audit", help="shortcut audit of models on their test patients (no attacks)",
@@ -228,7 +231,53 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--std", type=_floats, help="per-channel std (default: grey 0.226, or ImageNet's RGB stds)")
     i.add_argument("--name", help="model name (default: the file's stem)")
     i.add_argument("--out", type=Path, help="folder to write into (default $MEDROBUST_CHECKPOINTS, else checkpoints/)")
+
+    f = sub.add_parser("fit-decision", help="fit each model's temperature, operating point, referral level and "
+                                            "conformal sets on its validation patients, and assess them on its test patients",
+                       description="Reads the model's validation patients from its card (or, for a cross-validation "
+                                   "folder, each fold's), fits the decision rule and writes it into the model's results "
+                                   "file in --out (which `evaluate` must have written), with the validation logits beside it "
+                                   "(<name>.val.npz). `evaluate` does the same at its end.")
+    f.add_argument("checkpoints", nargs="+", type=Path, help="model .safetensors files, run folders or cross-validation folders")
+    _add_data(f)
+    f.add_argument("--out", type=Path, help="the results folder holding <name>.json (default $MEDROBUST_RESULTS, else results/)")
+    f.add_argument("--fit-data", type=Path, metavar="DATA",
+                   help="labelled images of patients the model never saw (manifest, ImageFolder, ...), for models "
+                        "whose card lists no validation patients (imported models)")
+    _add_decision_options(f)
+    f.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples for 95 %% CIs")
+
+    pr = sub.add_parser("predict", help="run the models on image files and folders: input check, calibrated "
+                                        "probability, verdict at the operating point or 'refer', conformal sets",
+                        description="PNG, JPEG and DICOM files (recognised by content) and folders (recursively). "
+                                    "Writes a table to the terminal and, with --out, a CSV whose header lines give "
+                                    "every parameter. An unreadable file gives one line and the others go on; the exit "
+                                    "status is 0 when every file was read, 1 when some were not. No DICOM tag is printed "
+                                    "or written. Research and education only: not a diagnostic device.")
+    pr.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    pr.add_argument("--models", type=Path, metavar="DIR", help="folder of .safetensors models with their cards "
+                                                               "(default $MEDROBUST_CHECKPOINTS, else checkpoints/)")
+    pr.add_argument("--results", type=Path, action="append", metavar="DIR",
+                    help="where the models' fitted decision rules are (default DIR/results and $MEDROBUST_RESULTS)")
+    pr.add_argument("--input-check", type=Path, metavar="JSON", help="fitted input check (default: the one beside the models)")
+    pr.add_argument("--assess-flagged", action="store_true",
+                    help="also give the models' outputs for images the input check flags (marked as outside what "
+                         "the models were trained on)")
+    pr.add_argument("--out", type=Path, metavar="CSV", help="write the answers to this CSV file")
+    pr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar (default: on for folders, when the terminal is interactive)")
     return parser
+
+
+def _add_decision_options(p: argparse.ArgumentParser) -> None:
+    from medrobust.choices import ThresholdRule
+
+    p.add_argument("--rule", choices=[r.value for r in ThresholdRule], default="youden",
+                   help="operating point: Youden's J (default) or the largest threshold reaching --target-sensitivity")
+    p.add_argument("--target-sensitivity", type=float, default=0.9)
+    p.add_argument("--coverage", type=float, default=0.8,
+                   help="fraction of validation cases a model answers; below that confidence it says 'refer' (default 0.8)")
+    p.add_argument("--alpha", type=float, default=0.1, help="conformal sets promise 1 - alpha coverage (default 0.1)")
 
 
 def _newest_run() -> Path:
@@ -385,10 +434,88 @@ def _evaluate_one(ckpt: Path, *, args, config, dinfo, roots, datasets: dict) -> 
                             fold=fold, split_hash=split_hash, classes=classes)
     result["part"] = "test-manifest" if args.test_manifest else args.part
     result["world_size"] = dinfo.world
+    if dinfo.is_main:
+        result["input_check"] = _input_check_summary(part, size)
+    if dinfo.is_main and args.part == "test" and not args.split:
+        _fit_decision(result, model, card, data=data, fit_data=None, args=args, n_boot=config.n_boot, strict=False)
     if args.audit and dinfo.is_main:
         print(f"auditing {name} for shortcuts ...", file=sys.stderr)
         result["audit"] = _audit(model, part, labels, classes, seed=config.seed, n_boot=config.n_boot)
     return result if dinfo.is_main else None  # every rank computed the same merged result; rank 0 writes it
+
+
+def _trust_config(args):
+    from medrobust.trust import TrustConfig
+
+    return TrustConfig(rule=getattr(args, "rule", None) or "youden",
+                       target_sensitivity=getattr(args, "target_sensitivity", None) or 0.9,
+                       coverage=getattr(args, "coverage", None) or 0.8,
+                       alpha=getattr(args, "alpha", None) or 0.1).validate()
+
+
+def _input_check_summary(part, size: int) -> dict | None:
+    """How many of the evaluated images the fitted input check beside the checkpoints lets through (its learned
+    part, on the images at model resolution; None when there is no check, or it works at another size)."""
+    from collections import Counter
+
+    from medrobust.input_check import InputCheck, default_input_check_path
+
+    path = default_input_check_path()
+    if not path.is_file():
+        return None
+    checker = InputCheck.load(path)
+    if checker.image_size != size:
+        return None
+    x = part.float_images()
+    verdicts = [v for i in range(0, len(x), 64) for v in checker.check_images(x[i:i + 64])]
+    codes = Counter(c for v in verdicts for c in v.codes)
+    return {"source": path.name, "n": len(verdicts), "passed": sum(v.ok for v in verdicts) / max(1, len(verdicts)),
+            "flagged_by": dict(codes), "note": "the learned check on the images at model resolution (the size, colour "
+                                              "and aspect checks need the original files)"}
+
+
+def _batched_logits(model, x, batch_size: int = 64):
+    from medrobust.evaluation import _logits
+
+    return np.concatenate([_logits(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _fit_decision(result: dict, model, card: dict, *, data, fit_data, args, n_boot: int, strict: bool = True) -> bool:
+    """Fit the decision rule (temperature, operating point, referral, conformal) of a single model from its
+    validation patients, or from ``fit_data`` (a manifest of images it never trained on); say so when neither
+    exists. Returns whether a rule was fitted."""
+    from medrobust.checkpoints import classes_of
+    from medrobust.data import load_dataset
+    from medrobust.trust import ValLogits, add_trust, validation_logits
+
+    name = result["name"]
+    if fit_data is not None:
+        size = int(result.get("image_size") or card.get("image_size"))
+        fd = load_dataset([fit_data], image_size=size, classes=classes_of(card))
+        seen = set((card.get("split") or {}).get("train_patients", []))
+        test_keys = set((result.get("predictions") or {}).get("keys") or [])
+        clash = [r.key for r in fd.records if r.patient in seen or r.key in test_keys]
+        if clash:
+            raise ValueError(f"--fit-data {fit_data}: {len(clash)} image(s) are training or test images of {name} "
+                             f"(e.g. {clash[0]}); the fit needs images of other patients.")
+        val = ValLogits(keys=[r.key for r in fd.records], labels=fd.labels.numpy().astype(np.int64),
+                        groups=np.array([r.patient for r in fd.records]), folds=np.full(len(fd), -1),
+                        logits=_batched_logits(model, fd.float_images()))
+    else:
+        val = validation_logits(model, card, data) if data is not None else None
+    if val is None:
+        print(f"note: {name}'s card lists no validation patients, so no temperature, operating point, referral "
+              "level or conformal sets are fitted; pass --fit-data DATA (labelled images of patients it never "
+              "saw) to `fit-decision`.", file=sys.stderr)
+        return False
+    try:
+        add_trust(result, val, config=_trust_config(args), n_boot=n_boot)
+    except ValueError as exc:
+        if strict:
+            raise
+        print(f"note: {name}: no decision rule fitted ({exc})", file=sys.stderr)
+        return False
+    return True
 
 
 def evaluate_config(args):
@@ -421,7 +548,8 @@ def cmd_evaluate(args) -> int:
             out = args.out or settings.results_dir()
             result = evaluate_cv(target, roots=roots, config=config, device=dinfo.device,
                                  cache_dir=out / f".{Path(target).name}.folds",
-                                 log=lambda text: print(text, file=sys.stderr, flush=True))
+                                 log=lambda text: print(text, file=sys.stderr, flush=True),
+                                 trust_config=_trust_config(args))
         else:
             result = _evaluate_one(_checkpoint_file(target), args=args, config=config, dinfo=dinfo, roots=roots,
                                    datasets=datasets)
@@ -528,6 +656,125 @@ def cmd_check_attacks(args) -> int:
     return EXIT_CHECK_FAILED if failed else 0
 
 
+def cmd_fit_decision(args) -> int:
+    from medrobust.checkpoints import image_size_of, load_checkpoint, read_card
+    from medrobust.data import load_dataset
+    from medrobust.evaluation import (fold_checkpoints, fold_validation_logits, is_cv_dir, load_results,
+                                      write_results)
+    from medrobust.settings import data_roots
+    from medrobust.trust import ValLogits, add_trust
+
+    out = args.out or settings.results_dir()
+    config = _trust_config(args)
+    roots = data_roots(args.data) if args.fit_data is None else []
+    for target in args.checkpoints:
+        if is_cv_dir(target):
+            name = Path(target).name
+            vals = [fold_validation_logits(c, i, roots=roots, cache_dir=out / f".{name}.folds")
+                    for i, c in enumerate(fold_checkpoints(target))]
+            if any(v is None for v in vals):
+                raise ValueError(f"{target}: a fold has no validation patients; nothing to fit on.")
+            result = _result_of(out, name, load_results)
+            add_trust(result, ValLogits.concat(vals), config=config, n_boot=args.n_boot)
+        else:
+            ckpt = _checkpoint_file(target)
+            card = read_card(ckpt)
+            name = card.get("name") or ckpt.stem
+            result = _result_of(out, name, load_results)
+            if result.get("model_sha256") != card.get("sha256"):
+                raise ValueError(f"{out / (name + '.json')} was computed with other weights than {ckpt}; evaluate it again.")
+            model, card = load_checkpoint(ckpt)
+            data = None
+            if args.fit_data is None:
+                data = load_dataset(roots, image_size=image_size_of(card, name=name),
+                                    classes=(card.get("config") or {}).get("classes"))
+            if not _fit_decision(result, model, card, data=data, fit_data=args.fit_data, args=args, n_boot=args.n_boot):
+                continue
+        write_results(result, out)
+        print(_decision_line(result))
+    return 0
+
+
+def _result_of(out: Path, name: str, load_results) -> dict:
+    path = out / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `python -m medrobust evaluate` for {name} first (or pass "
+                                "--out with the folder holding its results).")
+    return load_results([path])[0]
+
+
+def _decision_line(result: dict) -> str:
+    """One line per fitted result: temperature(s), threshold(s), coverage and calibration change."""
+    trust = result["trust"]
+    fits = trust["fits"]
+    a = trust["assessment"]
+    temps = ", ".join(f"{f['temperature']:.2f}" for f in fits.values())
+    thr = [f["threshold"] for f in fits.values()]
+    point = a.get("operating_point", {})
+    rates = (f"; sensitivity {point['sensitivity']:.2f}, specificity {point['specificity']:.2f}"
+             if "sensitivity" in point else "")
+    cal = a["calibration"]
+    return (f"{result['name']}: temperature {temps}; threshold "
+            f"{', '.join('-' if t is None else f'{t:.3f}' for t in thr)}{rates}; answered "
+            f"{a['referral']['coverage']:.0%} of test images; RMSCE {cal['raw']['rmsce']:.3f} -> "
+            f"{cal['temperature_scaled']['rmsce']:.3f}")
+
+
+def cmd_predict(args) -> int:
+    import csv
+
+    from medrobust.input_check import InputCheck, default_input_check_path
+    from medrobust.predict import CSV_COLUMNS, csv_rows, iter_files, load_models, parameters, predict_file
+
+    models = load_models(args.models, results_dirs=args.results or ())
+    check_path = args.input_check or (args.models / "input_check.json" if args.models else default_input_check_path())
+    checker, source = None, "size, shape, colour and contrast checks only (no fitted input check found)"
+    if Path(check_path).is_file():
+        checker = InputCheck.load(check_path)
+        source = (f"{Path(check_path).name} (fitted on {checker.card.get('n_train', '?')} training images of "
+                  f"{checker.card.get('feature_model', {}).get('name', 'a model')}; threshold {checker.threshold:.3g})")
+    elif args.input_check is not None:
+        raise FileNotFoundError(f"--input-check {args.input_check} does not exist.")
+    files = list(iter_files(args.paths))
+    if not files:
+        raise FileNotFoundError("no files found under the paths given.")
+    params = parameters(models, checker_source=source)
+    for line in params:
+        print(f"# {line}")
+    show_bar = args.progress if args.progress is not None else (len(files) > 1 and sys.stderr.isatty())
+    from tqdm import tqdm
+
+    writer = handle = None
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(args.out, "w", newline="")
+        handle.write("".join(f"# {line}\n" for line in params))
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+    unread = 0
+    try:
+        for f in tqdm(files, disable=not show_bar, unit="file", file=sys.stderr):
+            ans = predict_file(f, models, checker=checker, assess_flagged=args.assess_flagged)
+            if not ans.ok:
+                unread += 1
+                tqdm.write(f"{f}: cannot be read: {ans.error}", file=sys.stderr)
+            elif not ans.input_ok:
+                print(f"{f}: not assessed: {' '.join(ans.input_reasons)}")
+            for a in ans.answers:
+                p_cal = "-" if a.p_calibrated != a.p_calibrated else f"{a.p_calibrated:.3f}"
+                print(f"{f}  {a.model:<14} {a.verdict:<26} P cal {p_cal:>5} (raw {a.p_raw:.3f})  "
+                      f"sets LAC {a.lac_set or '-'} APS {a.aps_set or '-'}")
+            if writer is not None:
+                for row in csv_rows(ans):
+                    writer.writerow({k: ("" if isinstance(v, float) and v != v else v) for k, v in row.items()})
+    finally:
+        if handle is not None:
+            handle.close()
+    print(f"{len(files) - unread} of {len(files)} file(s) read" + (f"; answers in {args.out}" if args.out else ""),
+          file=sys.stderr)
+    return 1 if unread else 0
+
+
 def cmd_report(args) -> int:
     from medrobust.evaluation import load_results
     from medrobust.report import render_report
@@ -586,7 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": cmd_train, "cv": cmd_cv, "evaluate": cmd_evaluate, "report": cmd_report, "export": cmd_export,
-                "import-model": cmd_import_model, "audit": cmd_audit, "check-attacks": cmd_check_attacks}
+                "import-model": cmd_import_model, "audit": cmd_audit, "check-attacks": cmd_check_attacks,
+                "fit-decision": cmd_fit_decision, "predict": cmd_predict}
     from medrobust.checkpoints import CheckpointError
     from medrobust.data import DataError
 

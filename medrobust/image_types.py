@@ -22,3 +22,10 @@ class DecodedImage:
     format: str  # "PNG", "JPEG", "DICOM", ...
     bit_depth: int
     note: str = ""
+    #: Hasler & Süsstrunk's colourfulness M of the file's colour pixels (0 for grey files, DICOM and
+    #: grey images stored as RGB; about 15 "slightly", 33 "moderately", 59 "quite", 82 "highly" colourful).
+    colourfulness: float = 0.0
+    #: The colour a tint cannot explain: the 75th percentile of the chroma left once each opponent
+    #: channel is fitted as an affine function of luminance (0 for a grey film scanned with any tint or
+    #: colour cast, large for a colour photograph). See :func:`medrobust.imaging.colour_measures`.
+    colour_beyond_tint: float = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 from medrobust import paper
@@ -91,11 +92,13 @@ def table_two(results: Sequence[dict[str, Any]]) -> str:
     """Calibration on clean test images."""
     lines = ["| model | method | RMSCE (debiased) | RMSCE (plug-in) | ECE (15 bins) | entropy (nats) | NLL | Brier |",
              "|" + "---|" * 8]
-    for r in _sorted(results):
-        c = r["calibration"]
-        lines.append(f"| {r['name']}{_flag(r)} | {r['method']} | {c['rmsce']:.4f} | {c['rmsce_plugin']:.4f} | "
-                     f"{c['ece']:.4f} | {c['entropy']:.4f} | {c['nll']:.4f} | {c['brier']:.4f} |")
+    for row in table_two_rows(results):
+        lines.append(f"| {row['model']} | {row['method']} | {row['RMSCE (debiased)']:.4f} | {row['RMSCE (plug-in)']:.4f} | "
+                     f"{row['ECE (15 bins)']:.4f} | {row['entropy (nats)']:.4f} | {row['NLL']:.4f} | {row['Brier']:.4f} |")
     lines.append("")
+    if any(_trust(r) for r in results):
+        lines.append("Rows \"+ temperature\": the same logits divided by one temperature per model (per fold for "
+                     "cross-validated sets), fitted on its validation patients only (`medrobust.trust`).")
     lines.append("RMSCE (debiased) is Kumar et al.'s estimator, clipped at 0 (on ~100 images it often is 0); the "
                  "plug-in value is shown beside it. Entropy is the mean per-sample predictive entropy in nats, at most "
                  "ln 2 ≈ 0.693 for two classes, so the paper's 2.8–4.5 cannot be this quantity.")
@@ -246,6 +249,32 @@ def table_paired(pairs: Sequence[dict[str, Any]], *, metric: str = "balanced_acc
     return "\n".join(lines)
 
 
+def result_groups(results: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Results grouped by the set they belong to (the folder of their file): claims compare models on the same
+    images, so each set is decided on its own."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        key = str(Path(r["_path"]).parent) if r.get("_path") else "results"
+        groups.setdefault(key, []).append(r)
+    return list(groups.items())
+
+
+def table_claims(results: Sequence[dict[str, Any]]) -> list[str]:
+    """The paper's claims decided on each result set (Markdown lines; a set that cannot be paired is said so)."""
+    from medrobust.claims import claims_markdown, decide_claims
+
+    parts = []
+    for folder, group in result_groups(results):
+        kind = "cross-validated, pooled out-of-fold" if any("cv" in r for r in group) else "single split"
+        try:
+            text = claims_markdown(decide_claims(group))
+        except ValueError as exc:
+            text = f"Not decided: {exc}"
+        where = "/".join(Path(folder).parts[-2:])
+        parts += [f"### The paper's claims, decided on the {kind} set ({where}/)", text, ""]
+    return parts
+
+
 def render_report(results: Sequence[dict[str, Any]]) -> str:
     """Both tables plus the per-eps table and warnings, as Markdown."""
     if not results:
@@ -257,6 +286,7 @@ def render_report(results: Sequence[dict[str, Any]]) -> str:
     pairs = paired_differences(results)
     for metric in ("balanced_accuracy", "auroc", "accuracy") if pairs else ():
         parts += [f"### Paired differences against standard: {METRIC_LABELS[metric]}", table_paired(pairs, metric=metric), ""]
+    parts += table_claims(results)
     parts += ["### Table I — accuracy / balanced accuracy (%)", table_one(results), "",
               "### Adversarial accuracy per radius (worst case over the attack ensemble)", table_pgd(results), "",
               "### Table II — calibration (clean test images)", table_two(results)]
@@ -270,6 +300,9 @@ def render_report(results: Sequence[dict[str, Any]]) -> str:
         if std is not None:
             parts += ["", "#### Severity check: the standard model at every level", table_levels(std, metric="auroc"),
                       "", table_levels(std, metric="balanced_accuracy")]
+    decisions = table_decisions(results)
+    if decisions:
+        parts += ["", "### Decision rules: temperature, operating point, referral, conformal sets", decisions]
     audit = table_audit(results)
     if audit:
         parts += ["", "### Shortcut audit (lungs blanked, border blanked, Grad-CAM mass)", audit]
@@ -396,7 +429,158 @@ def table_two_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                      "RMSCE (plug-in)": c["rmsce_plugin"], "ECE (15 bins)": c["ece"], "entropy (nats)": c["entropy"],
                      "NLL": c["nll"], "Brier": c["brier"], "paper RMSCE": _paper_value(PAPER_TABLE_II, m, "rmsce"),
                      "paper entropy": _paper_value(PAPER_TABLE_II, m, "entropy")})
+        t = _trust(r)
+        if t:
+            c = t["assessment"]["calibration"]["temperature_scaled"]
+            rows.append({"model": r["name"] + " + temperature", "method": m + " + temperature",
+                         "RMSCE (debiased)": c["rmsce"], "RMSCE (plug-in)": c["rmsce_plugin"], "ECE (15 bins)": c["ece"],
+                         "entropy (nats)": c["entropy"], "NLL": c["nll"], "Brier": c["brier"],
+                         "paper RMSCE": math.nan, "paper entropy": math.nan})
     return rows
+
+
+# --------------------------------------------------------------------------- decision rules (medrobust.trust)
+
+
+def _trust(r: dict[str, Any]) -> dict[str, Any] | None:
+    t = r.get("trust")
+    return t if t and t.get("assessment") else None
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _interval(v: float | None, ci: Sequence[float] | None, digits: int = 2) -> str:
+    if not ci or any(c is None or (isinstance(c, float) and math.isnan(c)) for c in ci):
+        return _num(v, digits)
+    return f"{_num(v, digits)} [{_num(ci[0], digits)}, {_num(ci[1], digits)}]"
+
+
+def _temps(fits: dict[str, Any], key: str, digits: int) -> str:
+    vals = [f[key] for f in fits.values() if f.get(key) is not None]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return _num(vals[0], digits)
+    return f"{_num(min(vals), digits)}–{_num(max(vals), digits)} ({len(vals)} folds)"
+
+
+def decision_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operating point of each model: its threshold(s) and temperature(s), and sensitivity, specificity, PPV and
+    NPV on the test patients with 95 % patient-bootstrap CIs, at the data's prevalence and restated for others."""
+    rows = []
+    for r in _sorted(results):
+        t = _trust(r)
+        if not t:
+            continue
+        op = t["assessment"]["operating_point"]
+        row = {"model": r["name"], "temperature": _temps(t["fits"], "temperature", 2),
+               "threshold on calibrated P": _temps(t["fits"], "threshold", 3)}
+        if "sensitivity" in op:
+            ci = op.get("ci", {})
+            row.update({k: _interval(op[k], ci.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv")})
+            row["prevalence in the test data"] = f"{100 * op['prevalence']:.0f} %"
+            for prev in (0.1, 0.5):
+                row[f"PPV / NPV at {100 * prev:.0f} % prevalence"] = (
+                    f"{_num(op.get(f'ppv@{prev:g}'))} / {_num(op.get(f'npv@{prev:g}'))}")
+        else:
+            row["sensitivity"] = op.get("note", "")
+        rows.append(row)
+    return rows
+
+
+def referral_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Selective answering: how many test images each model answers at its referral level and how often it is
+    wrong then; AURC clean, at each attack radius and at the worst clinical corruption."""
+    rows = []
+    for r in _sorted(results):
+        t = _trust(r)
+        if not t:
+            continue
+        a = t["assessment"]
+        ref = a["referral"]
+        conds = a["conditions"]
+        row = {"model": r["name"], "answered (target)": f"{100 * ref['coverage']:.0f} % ({100 * ref['target_coverage']:.0f} %)",
+               "error when answering all": f"{100 * ref['risk_all']:.1f} %",
+               "error on answered": f"{100 * ref['risk_answered']:.1f} %" if ref["risk_answered"] == ref["risk_answered"] else "–",
+               "AURC clean": _num(conds[0]["aurc"], 3)}
+        for c in conds:
+            if c["suite"] == "attack":
+                row[f"AURC eps {c['severity']:g}"] = _num(c["aurc"], 3)
+        clinical = [c for c in conds if c["suite"] == "clinical"]
+        if clinical:
+            worst = max(clinical, key=lambda c: c["aurc"])
+            row["AURC worst clinical"] = f"{_num(worst['aurc'], 3)} ({worst['condition'].split('/', 1)[-1]})"
+        rows.append(row)
+    return rows
+
+
+def conformal_rows(results: Sequence[dict[str, Any]], *, method: str = "lac") -> list[dict[str, Any]]:
+    """Empirical coverage (and mean set size) of the conformal sets on the test patients: clean, at each attack
+    radius, and at the worst clinical corruption level (the promise holds only for exchangeable, clean data)."""
+    rows = []
+    for r in _sorted(results):
+        t = _trust(r)
+        if not t:
+            continue
+        a = t["assessment"]
+        conds = a["conditions"]
+
+        def cell(c):
+            return f"{100 * c[f'{method}_coverage']:.0f} % ({c[f'{method}_size']:.2f})"
+
+        row = {"model": r["name"], "promised": f"{100 * a['promised_coverage']:.0f} %", "clean": cell(conds[0])}
+        for c in conds:
+            if c["suite"] == "attack":
+                row[f"eps {c['severity']:g}"] = cell(c)
+        clinical = [c for c in conds if c["suite"] == "clinical"]
+        if clinical:
+            worst = min(clinical, key=lambda c: c[f"{method}_coverage"])
+            row["worst clinical"] = f"{cell(worst)} {worst['condition'].split('/', 1)[-1]}"
+        rows.append(row)
+    return rows
+
+
+CALIBRATION_LABELS = {"rmsce": "RMSCE (debiased)", "rmsce_plugin": "RMSCE (plug-in)", "ece": "ECE",
+                      "nll": "NLL (nats)", "brier": "Brier", "entropy": "entropy (nats)"}
+
+
+def calibration_change_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """RMSCE (debiased and plug-in), ECE, NLL and Brier before and after the temperature, with 95 % patient-bootstrap
+    CIs of each and of the change."""
+    rows = []
+    for r in _sorted(results):
+        t = _trust(r)
+        if not t:
+            continue
+        c = t["assessment"]["calibration"]
+        ci = c.get("ci", {})
+        row = {"model": r["name"]}
+        for k, label in CALIBRATION_LABELS.items():
+            row[label] = (f"{_num(c['raw'][k], 3)} → {_num(c['temperature_scaled'][k], 3)} "
+                          f"(change {_interval(c['change'][k], ci.get(f'change.{k}'), 3)})")
+        rows.append(row)
+    return rows
+
+
+def table_decisions(results: Sequence[dict[str, Any]]) -> str:
+    """Operating points, referral and conformal coverage as Markdown ('' when no result carries a fitted rule)."""
+    rows = decision_rows(results)
+    if not rows:
+        return ""
+    parts = ["#### Operating point (chosen on validation patients; rates on the test patients, 95 % CI)", _markdown(rows),
+             "", "PPV and NPV depend on prevalence: the test data are mostly COVID-19, a clinic's patients are not; "
+                 "the last columns restate them by Bayes' rule.",
+             "", "#### Calibration before and after the temperature", _markdown(calibration_change_rows(results))]
+    ref = referral_rows(results)
+    if ref:
+        parts += ["", "#### Referral: answer only above a confidence level chosen on validation patients", _markdown(ref),
+                  "", "AURC: area under the risk–coverage curve (mean error over all coverages; lower is better)."]
+    conf = conformal_rows(results)
+    if conf:
+        parts += ["", "#### Conformal prediction sets (LAC): empirical coverage (mean set size)", _markdown(conf)]
+    return "\n".join(parts)
 
 
 def table_pgd_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,6 +10,8 @@ patient's images along.
 * :func:`cluster_bootstrap_ci` -- percentile intervals of one model's metrics.
 * :func:`paired_cluster_bootstrap` -- the difference B - A between two models scored on
   the same images, with a paired interval and a bootstrap p-value.
+* :func:`cluster_bootstrap_statistic` -- percentile intervals of any statistic of the
+  images (operating-point rates, calibration errors, paired differences of them).
 * :func:`fold_spread` -- mean, sd, min and max of per-fold values.
 * :func:`describe_difference` -- a paired result in plain words.
 
@@ -25,7 +27,7 @@ among their images.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,7 @@ from medrobust.metrics import (
 __all__ = [
     "DEFAULT_METRICS",
     "cluster_bootstrap_ci",
+    "cluster_bootstrap_statistic",
     "describe_difference",
     "fold_spread",
     "paired_cluster_bootstrap",
@@ -270,6 +273,79 @@ def cluster_bootstrap_ci(
         name: _percentile_interval(np.concatenate([b[name] for b in blocks]), float(level))
         for name in names
     }
+
+
+def cluster_bootstrap_statistic(
+    statistic: Callable[[NDArray[np.intp]], Mapping[str, float]],
+    *,
+    labels: ArrayLike,
+    groups: ArrayLike | Sequence[Hashable],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    stratify: bool = True,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of any statistic of the images, resampling patients.
+
+    The patients are drawn as in :func:`cluster_bootstrap_ci` (stratified by the
+    patient's largest label); ``statistic`` receives the image indices of one resample
+    (a patient drawn twice contributes its images twice) and returns named values. Use
+    it for numbers that are not plain metrics of one probability array: rates at an
+    operating point, calibration errors before and after a temperature, or a paired
+    difference of two models computed on the same indices.
+
+    Parameters
+    ----------
+    statistic : callable
+        ``statistic(idx) -> {name: value}`` with ``idx`` an int array of image indices;
+        non-finite values are left out of that name's interval.
+    labels : array_like, shape (n,)
+        Class index per image (only for stratification).
+    groups : array_like or sequence of hashable, shape (n,)
+        Patient key per image.
+    n_boot, seed, level, stratify
+        As for :func:`cluster_bootstrap_ci`.
+
+    Returns
+    -------
+    dict of str to (float, float)
+        ``(lower, upper)`` per name returned by ``statistic``; ``(nan, nan)`` when a
+        value was never finite.
+
+    Examples
+    --------
+    >>> labels = [1, 1, 0, 0]
+    >>> correct = np.array([1.0, 1.0, 0.0, 1.0])
+    >>> ci = cluster_bootstrap_statistic(lambda i: {"acc": correct[i].mean()}, labels=labels,
+    ...                                  groups=["a", "a", "b", "c"], n_boot=200, seed=0)
+    >>> [round(v, 3) for v in ci["acc"]]
+    [0.5, 1.0]
+    """
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError("labels must be a non-empty 1-D array, one per image")
+    codes = _factorize_groups(groups, y.size)
+    n_patients = int(codes.max()) + 1
+    patient_label = np.zeros(n_patients, dtype=np.int64)
+    np.maximum.at(patient_label, codes, y.astype(np.int64))
+    members = [np.flatnonzero(codes == j) for j in range(n_patients)]
+    rng = np.random.default_rng(seed)
+    drawn = _draw_patients(rng, patient_label, int(n_boot), bool(stratify))
+    values: dict[str, list[float]] = {}
+    for row in drawn:
+        idx = np.concatenate([members[j] for j in row])
+        for name, v in statistic(idx).items():
+            values.setdefault(name, []).append(float(v))
+    out = {}
+    for name, v in values.items():
+        arr = np.asarray(v, dtype=np.float64)
+        arr[~np.isfinite(arr)] = np.nan
+        out[name] = _percentile_interval(arr, float(level))
+    return out
 
 
 def paired_cluster_bootstrap(

@@ -48,7 +48,9 @@ class Page:
 
     @property
     def predictions(self) -> list[str]:
-        return [body for label, body in self.metrics if label == "Prediction"]
+        from medrobust.dashboard.stress import VERDICT_LABELS
+
+        return [body for label, body in self.metrics if label in VERDICT_LABELS]
 
     @property
     def progress_texts(self) -> list[str]:

@@ -32,6 +32,8 @@ ui.degenerate_warnings(results)
 if any("cv" in r for r in results):
     overview.cross_validation_section(results)
 
+overview.claims_section(results)
+
 st.subheader("What this means for a clinician")
 st.markdown("\n".join(f"- {line}" for line in report.clinical_reading(results)))
 
@@ -73,6 +75,8 @@ st.dataframe(t2, hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="%.4f") for c in t2.columns if c not in ("model", "method")})
 st.caption("RMSCE (debiased) is Kumar et al.'s estimator clipped at 0; ECE uses 15 equal-width bins; entropy is "
            "the mean predictive entropy (at most ln 2 ≈ 0.693 nats). Details on the Calibration page.")
+
+overview.decision_section(results)
 
 overview.audit_section(results)
 

@@ -12,6 +12,7 @@ ui.page_header("Stress test", "Upload one chest X-ray (or try an example), distu
 with st.spinner("Loading PyTorch…"):  # the first visit in a server process imports torch (seconds)
     from medrobust.dashboard import plots, stress
     from medrobust.imaging import ImageDecodeError, decode_image
+    from medrobust.input_check import check_decoded
 
 # ----------------------------------------------------------------------------- models
 run_models = resultsets.discover_run_models()
@@ -37,6 +38,9 @@ if len(model_set.ok_models) > MAX_CARDS:
     # Checkpoints that failed to load keep their error card, whatever is chosen.
     model_set = model_set.only([*chosen, *(m.name for m in model_set.models if not m.ok)])
 ok_models = model_set.ok_models
+st.caption("Runs the single-split models in `checkpoints/` (one model per method, trained on one set of patients, "
+           "tested on 118 others). The Overview's headline numbers come from five-fold cross-validation, whose "
+           "twenty fold models are not shipped: a page that answers one image needs one model per method.")
 if not ok_models:
     st.warning("None of the chosen models could be loaded; choose others in the sidebar.", icon=":material/warning:")
     st.stop()
@@ -121,6 +125,20 @@ else:
                   "format": decoded.format, "bit_depth": decoded.bit_depth,
                   "height": int(decoded.pixels.shape[0]), "width": int(decoded.pixels.shape[1])}
 
+# ----------------------------------------------------------------------------- input check (before any verdict)
+scope = check_decoded(decoded, checker=ui.input_checker())
+outside = not scope.ok
+if outside:
+    st.error("**Outside what these models were trained on.** " + " ".join(scope.reasons) +
+             " No verdict is given for it.", icon=":material/block:")
+    if not st.toggle("Show the models' outputs anyway (they were not trained on images like this)", key="reveal_flagged"):
+        st.stop()
+if getattr(decoded, "colourfulness", 0.0) > 0.01 and "colour" not in scope.codes:
+    st.caption(":material/palette: The file is stored in colour; the models see its grey version.")
+if not outside and "no_learned_check" in scope.codes:
+    st.caption(":material/info: Only the basic input checks ran (size, colour, uniformity): no fitted input check "
+               "was found beside the models.")
+
 sizes = sorted({m.image_size for m in ok_models})
 image_info["digest"] = stress.image_digest(decoded.pixels)
 image_info["model_sizes"] = sizes
@@ -174,11 +192,11 @@ memo = st.session_state.setdefault("stress_memo", stress.Memo(12))
 set_key = stress.model_set_key(model_set)
 clean_key = ("clean", image_info["digest"], set_key, cam_layer)
 clean = memo.get(clean_key) or memo.put(clean_key, stress.analyse_clean(model_set, decoded.pixels, cam_layer=cam_layer))
-out_key = ("out", clean_key, pert)
+out_key = ("out", clean_key, pert, true_label)
 outcomes = memo.get(out_key)
 if outcomes is None:
     with st.spinner("Attacking…" if kind == "pgd" else "Predicting…"):
-        outcomes = memo.put(out_key, stress.run_stress(model_set, clean, pert))
+        outcomes = memo.put(out_key, stress.run_stress(model_set, clean, pert, true_class=true_label))
 
 flip_key = ("flip", clean_key, flip_steps, seed)
 if find_flip and memo.get(flip_key) is None:
@@ -191,6 +209,37 @@ flips = memo.get(flip_key)
 flip_by_name = {f.name: f for f in flips} if flips else {}
 
 # ----------------------------------------------------------------------------- model cards
+CHANGE_COLOURS = {"right → wrong": "inverse", "wrong → right": "normal", "changed": "off", "unchanged": "off"}
+
+
+def _verdict_block(o, *, kind: str, outside: bool) -> None:
+    """The verdict at the model's operating point, its calibrated probability, and the raw value in the details."""
+    tracked = o.classes[o.tracked_class]
+    d = o.decided()
+    label = stress.OUTSIDE_LABEL if outside else stress.VERDICT_LABEL
+    if d is None:
+        label = stress.RAW_LABEL
+    delta = o.change if kind != "none" else None
+    st.metric(label, o.verdict_text(), delta=delta, delta_color=CHANGE_COLOURS.get(delta, "off"), delta_arrow="off",
+              help="Change of the answer by the perturbation; with the true label known: right → wrong or wrong → right.")
+    if d is not None:
+        p_cal = float(d["probs"][o.tracked_class])
+        st.progress(min(1.0, max(0.0, p_cal)), text=f"P({tracked}), calibrated = {p_cal:.1%}")
+        sets = ", ".join(f"{m.upper()} {{{', '.join(c for c, keep in zip(o.classes, v) if keep)}}}"
+                         for m, v in d["sets"].items())
+        with st.expander("Details", expanded=False):
+            st.caption(f"Raw model output: P({tracked}) = {o.p_tracked:.1%}. Calibrated = after dividing the "
+                       f"logits by the temperature fitted on validation patients. {o.decision.describe()}. "
+                       f"Conformal sets ({1 - o.decision.fit['config']['alpha']:.0%} promise on clean validation "
+                       f"images): {sets}.")
+    else:
+        st.progress(min(1.0, max(0.0, o.p_tracked)), text=f"P({tracked}) = {o.p_tracked:.1%} (raw, uncalibrated)")
+        st.caption("No temperature, operating point or referral level was fitted for this model (its card lists no "
+                   "validation patients); run `python -m medrobust fit-decision` with `--fit-data`.")
+    if kind != "none":
+        st.caption(f"Unperturbed: {o.verdict_text('clean')}. ‖δ‖₂ = {o.l2:.3f}, max |δ| = {o.linf:.3f}")
+
+
 desc = pert.describe()
 st.markdown(f"**{desc[:1].upper() + desc[1:]}**"
             + (f" · true class of this image: **{true_label}**" if true_label is not None else ""))
@@ -207,13 +256,7 @@ for i, (col, o) in enumerate(zip(cols, outcomes)):
         if o.warning:
             st.caption(":material/warning: collapsed in training: answers one class for most images, so its "
                        "robustness means nothing", help=o.warning)
-        st.metric("Prediction", o.label, delta=("flipped" if o.flipped else "unchanged") if kind != "none" else None,
-                  delta_color="inverse" if o.flipped else "off", delta_arrow="off")
-        tracked = o.classes[o.tracked_class]
-        st.progress(min(1.0, max(0.0, o.p_tracked)), text=f"P({tracked}) = {o.p_tracked:.1%}")
-        if kind != "none":
-            st.caption(f"Unperturbed: {o.clean_label}, P({tracked}) {o.p_tracked - o.delta_p:.1%}; change "
-                       f"{100 * o.delta_p:+.1f} points. ‖δ‖₂ = {o.l2:.3f}, max |δ| = {o.linf:.3f}")
+        _verdict_block(o, kind=kind, outside=outside)
         if o.name in flip_by_name:
             st.caption(f"Smallest flipping eps: {flip_by_name[o.name].describe()}")
         pics = stress.card_images(o, vmax=vmax, target=192)

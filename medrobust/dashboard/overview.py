@@ -89,3 +89,69 @@ def audit_section(results: Sequence[dict[str, Any]]) -> None:
     st.caption("Lungs blanked: pixels in the central 60 % x 60 % of the image set to mid-grey; border blanked: the "
                "outer 12 % band. A model well above chance with the lungs blanked reads something other than the "
                "lungs. Intervals and thresholds are in each result's `audit.config`.")
+
+
+def decision_section(results: Sequence[dict[str, Any]]) -> None:
+    """Where the benchmark meets a verdict: operating points with their rates, referral (risk–coverage, AURC) and
+    conformal coverage clean and under shift, for every result with a fitted decision rule (medrobust.trust)."""
+    from medrobust.dashboard import plots
+
+    fitted = [r for r in results if (r.get("trust") or {}).get("assessment")]
+    st.subheader("Verdicts: operating point, referral and conformal sets")
+    if not fitted:
+        st.caption("No result in this set carries a decision rule; run `python -m medrobust fit-decision MODEL` "
+                   "(or evaluate again) to fit a temperature, an operating point, a referral level and conformal sets "
+                   "on the validation patients.")
+        return
+    st.markdown("Each model's verdict uses a **threshold chosen on its validation patients** (Youden's J), applied to "
+                "its **temperature-scaled** probability; the rates below are measured on the test patients.")
+    st.dataframe(pd.DataFrame(report.decision_rows(fitted)), hide_index=True)
+    prev = next((r["trust"]["assessment"]["operating_point"].get("prevalence") for r in fitted
+                 if "prevalence" in r["trust"]["assessment"]["operating_point"]), None)
+    if prev is not None:
+        st.caption(f"PPV and NPV hold for the test data's prevalence ({100 * prev:.0f} % {fitted[0]['classes'][1]}); a "
+                   "clinic's patients are rarely like that, so the last columns restate them by Bayes' rule at 10 % "
+                   "and 50 %. For more than two classes the verdict is the most probable class.")
+    with st.expander("Referral: answering only when confident (risk–coverage)"):
+        conds = [c["condition"] for c in fitted[0]["trust"]["assessment"]["conditions"] if c.get("curve")]
+        cond = st.selectbox("Condition", conds, key="ov_rc_condition",
+                            format_func=lambda k: "clean" if k.startswith("clean") else k.replace("pgd_l2@", "L2 attack, eps "))
+        st.plotly_chart(plots.risk_coverage_figure(fitted, condition=cond), key="ov_rc")
+        st.dataframe(pd.DataFrame(report.referral_rows(fitted)), hide_index=True)
+        st.caption("A model says \"uncertain — refer\" below the confidence that answers 80 % of its validation "
+                   "cases. AURC is the mean error over all coverages (lower is better); eps is the L2 radius stated at "
+                   "224 px.")
+    with st.expander("Conformal prediction sets: does the 90 % promise survive a shift?"):
+        st.dataframe(pd.DataFrame(report.conformal_rows(fitted)), hide_index=True)
+        st.caption("LAC sets calibrated on validation patients; cell = share of test images whose set holds the true "
+                   "class (mean set size). The promise is for clean images like the validation ones: under attack or "
+                   "corruption coverage can fall below it.")
+    with st.expander("Calibration before and after the temperature (95 % patient-bootstrap CIs)"):
+        st.dataframe(pd.DataFrame(report.calibration_change_rows(fitted)), hide_index=True)
+
+
+@st.cache_data(show_spinner="Deciding the paper's claims (paired patient bootstrap)…", max_entries=8)
+def _claims(signature: tuple, _results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    from medrobust.claims import decide_claims
+
+    del signature  # the cache key: which result files
+    return decide_claims(_results)
+
+
+def claims_section(results: Sequence[dict[str, Any]]) -> None:
+    """Each of the paper's claims with the paired differences that decide it and a verdict in plain words."""
+    from medrobust.claims import claims_rows
+
+    st.subheader("The paper's claims, decided")
+    for folder, group in report.result_groups(results):
+        try:
+            decided = _claims(tuple(r.get("_path", r["name"]) for r in group), group)
+        except ValueError as exc:
+            st.caption(f"The claims cannot be decided on this set: {exc}")
+            continue
+        st.dataframe(pd.DataFrame(claims_rows(decided)), hide_index=True)
+        first = decided[0]
+        st.caption(f"On the same {first['n_images']} images of {first['n_patients']} patients; differences are "
+                   "B − A with 95 % intervals from a paired patient bootstrap. Confirmed: every deciding interval "
+                   "excludes 0 on the claimed side; refuted: one excludes 0 on the other side; undecided: an interval "
+                   "includes 0; not evaluable: a method the claim needs is not in this set.")

@@ -242,3 +242,24 @@ def flip_eps_figure(items: Sequence[tuple[str, str, float | None]], *, max_eps: 
     fig.update_layout(height=height, yaxis=dict(title="smallest flipping eps (L2 @224 px)", range=[0, max_eps * 1.2]),
                       margin=dict(l=10, r=10, t=20, b=10))
     return fig
+
+
+def risk_coverage_figure(results: Sequence[dict[str, Any]], *, condition: str = "clean@0", height: int = 340) -> go.Figure:
+    """Risk (error rate of the answered cases) against coverage (fraction answered, most confident first), one line
+    per model with a fitted decision rule, at ``condition`` (a key of ``trust.assessment.conditions``)."""
+    fig = go.Figure()
+    for r in results:
+        conds = {c["condition"]: c for c in ((r.get("trust") or {}).get("assessment") or {}).get("conditions", [])}
+        c = conds.get(condition)
+        if not c or not c.get("curve"):
+            continue
+        fig.add_trace(go.Scatter(x=c["curve"]["coverage"], y=c["curve"]["risk"], mode="lines",
+                                 name=f"{_legend_name(r)} (AURC {c['aurc']:.3f})",
+                                 line=dict(color=result_colour(r), width=2),
+                                 hovertemplate=f"{r['name']}<br>answered %{{x:.0%}}: error %{{y:.1%}}<extra></extra>"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25),
+                      xaxis_title="coverage: fraction of images answered (most confident first)",
+                      yaxis_title="error rate of the answered images")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig

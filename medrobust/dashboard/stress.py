@@ -43,6 +43,7 @@ from medrobust.corruptions import CORRUPTIONS, apply_corruption
 from medrobust.gradcam import cam_layers, gradcam
 from medrobust.imaging import to_square
 from medrobust.models import XrayNet, fold_batchnorm
+from medrobust.trust import REFER, Decision, decision_for
 from medrobust.dashboard.hosting import SHUTTING_DOWN
 from medrobust.dashboard.palette import assign_colours
 from medrobust.dashboard.resultsets import ModelFile, discover_models
@@ -55,6 +56,13 @@ MAX_EPS = 5.0  # L2, stated at 224 px, as in the benchmark
 #: What the attack slider can run: one attack, or the benchmark's worst case over both.
 ATTACK_METHODS = {"pgd": "PGD", "apgd": "APGD-CE", "ensemble": "worst case of PGD and APGD-CE"}
 MAX_STEPS = 50
+REFER_TEXT = "uncertain — refer"
+#: The labels of a card's answer: at the operating point, the same for an image the input check flagged, and the most
+#: probable class of a model without a fitted rule.
+VERDICT_LABEL = "Verdict at the operating point"
+OUTSIDE_LABEL = "Verdict (outside what this model was trained on)"
+RAW_LABEL = "Most probable class (no fitted operating point)"
+VERDICT_LABELS = (VERDICT_LABEL, OUTSIDE_LABEL, RAW_LABEL)
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,7 @@ class LoadedModel:
     card: dict[str, Any] = field(repr=False, default_factory=dict)
     model: XrayNet | None = field(repr=False, default=None)
     error: str | None = None
+    decision: Decision | None = field(repr=False, default=None)  # fitted on its validation patients, if any
 
     @property
     def ok(self) -> bool:
@@ -177,6 +186,12 @@ def _pmap(fn, items: Sequence[Any], *, on_done=None) -> list[Any]:
     return [f.result() for f in futures]
 
 
+def decision_dirs(folder: str | Path | None = None) -> list[Path]:
+    """Where the models' fitted decision rules are looked up: ``<folder>/results`` and ``$MEDROBUST_RESULTS``."""
+    base = Path(folder) if folder is not None else settings.checkpoints_dir()
+    return [base / "results", settings.results_dir()]
+
+
 def load_model_set(folder: str | Path | None = None, *, extra: Sequence[ModelFile] = (),
                    device: str | torch.device = "cpu") -> ModelSet:
     """Load every checkpoint in ``folder`` (default ``$MEDROBUST_CHECKPOINTS``) plus ``extra`` ones.
@@ -195,6 +210,7 @@ def load_model_set(folder: str | Path | None = None, *, extra: Sequence[ModelFil
             try:
                 model, card = load_checkpoint(f.path, device=device)
                 entry.model, entry.card = _freeze(model), card
+                entry.decision = decision_for(card, decision_dirs(folder))
                 entry.image_size = int(card.get("image_size") or (card.get("config") or {}).get("image_size") or 64)
             except CheckpointError as exc:
                 entry.error = str(exc)
@@ -391,10 +407,52 @@ class Outcome:
     linf: float = 0.0
     eps_pixels: float | None = None
     warning: str | None = None
+    decision: Decision | None = field(default=None, repr=False)
+    true_class: int | None = None  # the image's label, when known (examples, test-split samples)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def decided(self, which: str = "perturbed") -> dict[str, Any] | None:
+        """The decision rule applied to the clean or perturbed probabilities: calibrated ``probs``, ``answer``
+        (class at the operating point), ``verdict`` (the answer, or :data:`medrobust.trust.REFER`), ``confidence``
+        and the conformal ``sets``; None without a fitted rule."""
+        probs = self.probs if which == "perturbed" else self.clean_probs
+        if self.decision is None or not probs:
+            return None
+        d = self.decision.apply(np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-300, None))[None])
+        return {"probs": d["probs"][0], "answer": int(d["answer"][0]), "verdict": int(d["verdict"][0]),
+                "confidence": float(d["confidence"][0]), "sets": {m: v[0] for m, v in d["sets"].items()}}
+
+    def verdict_text(self, which: str = "perturbed") -> str:
+        """What the card states: the class at the operating point, "uncertain — refer", or the most probable
+        class (marked uncalibrated) for a model without a fitted rule."""
+        d = self.decided(which)
+        if d is None:
+            return self._name(self.pred if which == "perturbed" else self.clean_pred)
+        return REFER_TEXT if d["verdict"] == REFER else self._name(d["answer"])
+
+    def answer_index(self, which: str = "perturbed") -> int:
+        d = self.decided(which)
+        if d is None:
+            return self.pred if which == "perturbed" else self.clean_pred
+        return d["answer"]
+
+    @property
+    def change(self) -> str:
+        """How the perturbation moved the answer: "right → wrong", "wrong → right", "changed" (label unknown or
+        wrong both times), or "unchanged"."""
+        before, after = self.answer_index("clean"), self.answer_index("perturbed")
+        if before == after:
+            return "unchanged"
+        if self.true_class is None:
+            return "changed"
+        if before == self.true_class:
+            return "right → wrong"
+        if after == self.true_class:
+            return "wrong → right"
+        return "changed"
 
     @property
     def flipped(self) -> bool:
@@ -448,6 +506,11 @@ class Outcome:
         def probs(p):
             return {c: float(v) for c, v in zip(self.classes, p)}
 
+        def decided(which):
+            d = self.decided(which)
+            return None if d is None else {"verdict": self.verdict_text(which),
+                                           "calibrated": probs(d["probs"]), "confidence": d["confidence"]}
+
         return {"model": self.name, "method": self.method, "image_size": self.image_size, "error": self.error,
                 "classes": list(self.classes),
                 "clean": {"class": self.clean_label, "p_covid": self.clean_p, "probabilities": probs(self.clean_probs)},
@@ -455,10 +518,13 @@ class Outcome:
                 "flipped": self.flipped, "delta_p_covid": self.delta_p if self.ok and self.binary else None,
                 "delta_p_tracked": self.delta_p if self.ok else None,
                 "perturbation_l2": self.l2, "perturbation_linf": self.linf, "eps_pixels": self.eps_pixels,
-                "warning": self.warning}
+                "warning": self.warning, "change": self.change if self.ok else None,
+                "decision": {"clean": decided("clean"), "perturbed": decided("perturbed"),
+                             "rule": self.decision.describe() if self.decision else None}}
 
 
-def run_stress(model_set: ModelSet, clean: CleanState, pert: Perturbation, *, with_cam: bool = True) -> list[Outcome]:
+def run_stress(model_set: ModelSet, clean: CleanState, pert: Perturbation, *, with_cam: bool = True,
+               true_class: str | None = None) -> list[Outcome]:
     """Apply ``pert`` and re-predict with every model (errors become error outcomes, in set order)."""
     pert.validate()
     outcomes: list[Outcome] = []
@@ -479,7 +545,10 @@ def run_stress(model_set: ModelSet, clean: CleanState, pert: Perturbation, *, wi
         attacked = {m.name: a for m, a in zip(todo, advs)}
     for m in model_set.models:
         out = Outcome(name=m.name, method=m.method, colour=m.colour, image_size=m.image_size, error=m.error,
-                      warning=m.collapsed_warning, classes=m.classes if m.card else CLASS_NAMES)
+                      warning=m.collapsed_warning, classes=m.classes if m.card else CLASS_NAMES,
+                      decision=m.decision)
+        if true_class is not None and true_class in out.classes:
+            out.true_class = out.classes.index(true_class)
         outcomes.append(out)
         if not m.ok or m.name not in clean.views:
             out.error = out.error or "This model could not be loaded."

@@ -50,13 +50,35 @@ def _model_set(folder: str, extra: tuple[str, ...], signature: tuple) -> "ModelS
     return load_model_set(folder, extra=extra_files)
 
 
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _input_checker(path: str, mtime_ns: int):
+    from medrobust.input_check import InputCheck
+
+    del mtime_ns  # only part of the cache key
+    return InputCheck.load(path)
+
+
+def input_checker():
+    """The fitted input check beside the shipped models (None when there is none), cached per process."""
+    from medrobust.input_check import default_input_check_path
+
+    path = default_input_check_path()
+    if not path.is_file():
+        return None
+    return _input_checker(str(path), path.stat().st_mtime_ns)
+
+
 def model_set(extra_runs: Sequence[str] = ()) -> "ModelSet":
     """The shipped model set (``$MEDROBUST_CHECKPOINTS``) plus the chosen finished runs, cached per process."""
     _configure_torch()
     folder = settings.checkpoints_dir()
     files = resultsets.discover_models(folder) + [m for m in resultsets.discover_run_models()
                                                   if str(m.path) in set(extra_runs)]
-    return _model_set(str(folder), tuple(sorted(extra_runs)), resultsets.files_signature(files))
+    # A refitted decision rule (the results file of a model) reloads the set too.
+    results = [d / f"{m.name}.json" for m in files for d in (folder / "results", settings.results_dir())]
+    signature = resultsets.files_signature(files) + tuple(
+        (str(r), r.stat().st_mtime_ns) for r in results if r.is_file())
+    return _model_set(str(folder), tuple(sorted(extra_runs)), signature)
 
 
 DEMO_NOTICE = ("Public demo: these are research models trained on a small public data set. They are not a "
@@ -81,8 +103,33 @@ def degenerate_warnings(results: Sequence[dict[str, Any]]) -> None:
                        icon=":material/warning:")
 
 
+#: Session-state keys of the result-set choice that every results page shares (kept for the browser session).
+SHARED_CHOICE = {"set": "results_choice_set", "runs": "results_choice_runs", "attempts": "results_choice_attempts"}
+
+
+def _shared_widget(key: str, part: str, options: Sequence[str], default):
+    """Seed a page's picker with the choice made on any page (a page's own widget state is dropped when the visitor
+    leaves it), and return the widget key; the page stores the new choice after rendering it."""
+    wkey = f"{key}_{part}"
+    shared = st.session_state.get(SHARED_CHOICE[part], default)
+    if isinstance(shared, str):
+        value = shared if shared in options else default
+    else:
+        value = [x for x in shared if x in options]
+    if st.session_state.get(wkey) != value:
+        st.session_state[wkey] = value
+    st.session_state[SHARED_CHOICE[part]] = value
+    return wkey
+
+
+def _remember(wkey: str, part: str) -> None:
+    """on_change: a choice made on this page becomes the shared one before the page reruns."""
+    st.session_state[SHARED_CHOICE[part]] = st.session_state[wkey]
+
+
 def pick_results(key: str) -> tuple[list[dict[str, Any]], list[resultsets.ResultSet]]:
-    """Sidebar pickers: one primary result set plus evaluated training runs and earlier attempts; returns the results shown."""
+    """Sidebar pickers: one primary result set plus evaluated training runs and earlier attempts; returns the results
+    shown. The choice is shared: a set picked on one page is the set on every page that shows results."""
     sets = resultsets.discover_result_sets()
     if not sets:
         return [], []
@@ -94,22 +141,26 @@ def pick_results(key: str) -> tuple[list[dict[str, Any]], list[resultsets.Result
         if primary:
             labels = [s.label for s in primary]
             if len(primary) > 1:
-                label = st.selectbox("Result set", labels, key=f"{key}_set",
-                                     help="Several result sets exist: the shipped models' and the ones in results/.")
+                wkey = _shared_widget(key, "set", labels, labels[0])
+                label = st.selectbox("Result set (the same on every page)", labels, key=wkey,
+                                     on_change=_remember, args=(wkey, "set"),
+                                     help="Several result sets exist: the cross-validated ones (the headline), the "
+                                          "shipped single-split models', and the ones in results/.")
             else:
                 label = labels[0]
                 st.caption(f"Result set: {label}")
             chosen.append(primary[labels.index(label)])
         if runs:
             run_labels = [s.label for s in runs]
-            picked = st.multiselect("Trained runs shown beside them", run_labels, default=run_labels,
-                                    key=f"{key}_runs")
+            wkey = _shared_widget(key, "runs", run_labels, run_labels)
+            picked = st.multiselect("Trained runs shown beside them", run_labels, key=wkey,
+                                    on_change=_remember, args=(wkey, "runs"))
             chosen += [s for s in runs if s.label in picked]
         if attempts:
             attempt_labels = [s.label for s in attempts]
-            picked = st.multiselect("Other training attempts shown beside them", attempt_labels, default=[],
-                                    key=f"{key}_attempts",
-                                    help="Results of training attempts whose weights are not shipped (see checkpoints/README.md).")
+            wkey = _shared_widget(key, "attempts", attempt_labels, [])
+            picked = st.multiselect("Other training attempts shown beside them", attempt_labels, key=wkey,
+                                    on_change=_remember, args=(wkey, "attempts"), help="Results of training attempts whose weights are not shipped (see checkpoints/README.md).")
             chosen += [s for s in attempts if s.label in picked]
     for s in chosen:
         for e in s.errors:

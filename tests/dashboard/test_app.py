@@ -26,6 +26,7 @@ from dashboard_fixtures import (  # noqa: F401 - fixtures
     tiny_checkpoints,
     xray_like,
 )
+from medrobust.dashboard.stress import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
@@ -57,7 +58,7 @@ def _no_exception(at: AppTest) -> None:
 
 
 def _predictions(at: AppTest) -> list[str]:
-    return [m.value for m in at.metric if m.label == "Prediction"]
+    return [m.value for m in at.metric if m.label in VERDICT_LABELS]
 
 
 # ----------------------------------------------------------------------------- Overview / Calibration / Downloads
@@ -68,7 +69,8 @@ def test_overview_is_the_landing_page_with_tables_curves_and_warnings(dashboard_
     text = _texts(at)
     assert "Table I" in text and "Table II" in text
     assert len(at.dataframe) >= 2
-    t1 = at.dataframe[0].value
+    t1 = next(d.value for d in at.dataframe if "clean acc [95% CI]" in d.value.columns)
+    assert "The paper's claims, decided" in text
     assert list(t1["method"]) == ["standard", "robust", "augmix", "robustaugmix"]
     assert "clean bal. acc [95% CI]" in t1.columns and "clean acc [95% CI]" in t1.columns
     assert all("[" in v for v in t1["clean acc [95% CI]"])  # CIs shown
@@ -148,9 +150,22 @@ def test_overview_leads_with_the_cross_validation_and_switches_suite_and_metric(
         _no_exception(at)
     at.switch_page("views/overview.py").run()
     # The single-split shipped set is still one choice away.
-    at.selectbox(key="overview_set").set_value(at.selectbox(key="overview_set").options[1]).run()
+    single = at.selectbox(key="overview_set").options[1]
+    at.selectbox(key="overview_set").set_value(single).run()
     _no_exception(at)
     assert "Cross-validated results" not in _texts(at)
+    # ... and the set chosen on one page is the set on every page that shows results (for this browser session).
+    for page, key in (("views/calibration.py", "calibration_set"), ("views/downloads.py", "downloads_set"),
+                      ("views/overview.py", "overview_set")):
+        at.switch_page(page).run()
+        _no_exception(at)
+        assert at.selectbox(key=key).value == single, page
+    at.switch_page("views/calibration.py").run()
+    first = at.selectbox(key="calibration_set").options[0]
+    at.selectbox(key="calibration_set").set_value(first).run()
+    at.switch_page("views/overview.py").run()
+    assert at.selectbox(key="overview_set").value == first
+    assert "Cross-validated results" in _texts(at)
 
 
 def test_downloads_page(dashboard_env):
@@ -190,7 +205,7 @@ def test_stress_test_png_sliders_and_four_predictions(dashboard_env):
     _no_exception(at)
     assert len(_predictions(at)) == 4
     assert "severity 0.8" in _texts(at)
-    assert all(m.delta in ("flipped", "unchanged") for m in at.metric if m.label == "Prediction")
+    assert all(m.delta in ("changed", "unchanged") for m in at.metric if m.label in VERDICT_LABELS)  # label unknown
     for kind in ("salt_and_pepper", "speckle"):
         at.radio(key="kind").set_value(kind).run()
         _no_exception(at)
@@ -346,6 +361,9 @@ def test_stress_test_samples_from_a_configured_data_folder(dashboard_env, tmp_pa
     at = _page(STRESS)
     at.radio(key="source").set_value("Sample from the test split").run()
     _no_exception(at)
+    # The synthetic X-rays are 44 px wide: the input check refuses them, and one click shows the answers anyway.
+    assert any("Outside what these models were trained on" in e.value for e in at.error)
+    at.toggle(key="reveal_flagged").set_value(True).run()
     assert len(_predictions(at)) == 4
     assert "true class of this image" in _texts(at)
 
@@ -388,7 +406,7 @@ def test_app_runs_on_the_shipped_checkpoints(monkeypatch):
     at = _app()
     _no_exception(at)
     at.switch_page(STRESS).run()
-    at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like(128)), "image/png")).run()
+    at.file_uploader[0].set_value(("chest.png", _example_png(1), "image/png")).run()
     _no_exception(at)
     n_files = len(list(shipped.glob("*.safetensors")))
     assert len(_predictions(at)) >= 1
@@ -406,3 +424,74 @@ def test_stress_test_runs_apgd_and_the_worst_case(dashboard_env):
         at.radio(key="attack_method").set_value(method).run()
         _no_exception(at)
         assert len(_predictions(at)) == 4 and text in _texts(at)
+
+
+def _example_png(i: int) -> bytes:
+    """One of the shipped, CC BY-licensed example X-rays (medrobust/dashboard/examples/ATTRIBUTION.md)."""
+    return next((REPO / "medrobust" / "dashboard" / "examples").glob(f"example-{i}-*.png")).read_bytes()
+
+
+def _rotated_png(i: int, k: int) -> bytes:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(_example_png(i)))
+    buf = io.BytesIO()
+    Image.fromarray(np.rot90(np.asarray(img), k).copy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def shipped_env(monkeypatch, tmp_path):
+    shipped = REPO / "checkpoints"
+    if not (shipped / "results" / "standard.json").is_file():
+        pytest.skip("checkpoints/ holds no shipped models yet")
+    monkeypatch.setenv("MEDROBUST_CHECKPOINTS", str(shipped))
+    monkeypatch.setenv("MEDROBUST_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("MEDROBUST_RUNS", str(tmp_path / "runs"))
+    return shipped
+
+
+def test_stress_test_gives_verdicts_at_the_operating_point_with_calibrated_probabilities(shipped_env):
+    at = _page(STRESS)
+    at.file_uploader[0].set_value(("chest.png", _example_png(2), "image/png")).run()
+    _no_exception(at)
+    verdicts = [m for m in at.metric if m.label in VERDICT_LABELS]
+    assert len(verdicts) == 4 and all(m.label == "Verdict at the operating point" for m in verdicts)
+    assert all(m.value in ("COVID-19", "non-COVID", "uncertain — refer") for m in verdicts)
+    text = _texts(at)
+    assert "Outside what these models were trained on" not in text
+    assert "calibrated" in text and "Raw model output" in text and "temperature" in text
+    assert "single-split models" in text  # the page says which models it runs, and why
+
+
+@pytest.mark.parametrize("name, data", [
+    ("photo.png", "photo"), ("white.png", "white"), ("black.png", "black"), ("rotated.png", "rotated")])
+def test_stress_test_refuses_an_out_of_scope_upload_with_a_plain_reason(shipped_env, name, data):
+    import skimage.data
+
+    payload = {"photo": lambda: png_bytes(skimage.data.astronaut().astype(np.float64) / 255, mode="RGB"),
+               "white": lambda: png_bytes(np.ones((300, 300))), "black": lambda: png_bytes(np.zeros((300, 300))),
+               "rotated": lambda: _rotated_png(3, 1)}[data]()
+    at = _page(STRESS)
+    at.file_uploader[0].set_value((name, payload, "image/png")).run()
+    _no_exception(at)
+    assert not [m for m in at.metric if m.label in VERDICT_LABELS]  # no verdict by default
+    refusal = [e.value for e in at.error if "Outside what these models were trained on" in e.value]
+    assert len(refusal) == 1 and len(refusal[0]) > len("**Outside what these models were trained on.**  No verdict")
+    at.toggle(key="reveal_flagged").set_value(True).run()  # one click shows the outputs, marked as such
+    _no_exception(at)
+    shown = [m for m in at.metric if m.label in VERDICT_LABELS]
+    assert len(shown) == 4 and all(m.label == "Verdict (outside what this model was trained on)" for m in shown)
+
+
+def test_overview_shows_the_operating_points_referral_and_conformal_coverage(shipped_env):
+    at = _app()
+    single = next(o for o in at.selectbox(key="overview_set").options if "single split" in o)
+    at.selectbox(key="overview_set").set_value(single).run()
+    _no_exception(at)
+    text = _texts(at)
+    assert "Verdicts: operating point, referral and conformal sets" in text
+    table = next(d.value for d in at.dataframe if "sensitivity" in d.value.columns)
+    assert list(table["model"]) == ["standard", "robust", "augmix", "robustaugmix"]
+    assert all("[" in v for v in table["specificity"])  # with its patient-bootstrap interval
+    assert "prevalence" in text

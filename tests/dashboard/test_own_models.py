@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import png_bytes, tiny_checkpoints, xray_like  # noqa: F401 - fixtures
 from synthetic_data import class_image
+from medrobust.dashboard.stress import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
@@ -76,14 +77,14 @@ def test_stress_test_offers_a_chooser_and_shows_the_imported_model(env):
     chooser = at.multiselect(key="stress_models")
     chooser.set_value(["standard", "robust", "hospital-densenet"]).run()
     _no_exception(at)
-    preds = [m.value for m in at.metric if m.label == "Prediction"]
+    preds = [m.value for m in at.metric if m.label in VERDICT_LABELS]
     assert len(preds) == 3 and preds[2] in CLASSES
     text = "\n".join(str(m.value) for m in at.markdown)
     assert "hospital-densenet" in text
     at.radio(key="kind").set_value("pgd").run()
     at.slider(key="steps").set_value(2).run()
     _no_exception(at)
-    assert len([m for m in at.metric if m.label == "Prediction"]) == 3
+    assert len([m for m in at.metric if m.label in VERDICT_LABELS]) == 3
 
 
 def test_overview_shows_the_imported_models_confusion_matrix_and_audit(env):

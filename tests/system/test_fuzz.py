@@ -36,6 +36,7 @@ from dashboard_fixtures import dashboard_env, tiny_checkpoints, xray_like  # noq
 from dicom_base import base_dataset
 from medrobust.dashboard import stress
 from medrobust.imaging import ImageDecodeError, decode_image
+from medrobust.dashboard.stress import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 MIN_FILES = 500
@@ -424,9 +425,11 @@ def test_a_sample_of_the_corpus_through_the_real_page(dashboard_env):
     for name, fname, data in picks:
         at.file_uploader[0].set_value((fname, data, "application/octet-stream")).run()
         assert not at.exception, (name, [e.value for e in at.exception])
-        preds = [m.value for m in at.metric if m.label == "Prediction"]
+        preds = [m.value for m in at.metric if m.label in VERDICT_LABELS]
         errors = [e.value for e in at.error]
         assert (len(preds) == 4 and not errors) or (len(errors) == 1 and not preds), (name, preds, errors)
+        if errors and errors[0].startswith("**Outside what these models were trained on.**"):
+            continue  # decoded, then refused by the input check with its reason (no verdict)
         if errors:
             assert errors[0].startswith("This file cannot be used:") and "could not be read as an image" not in errors[0], \
                 (name, errors)  # the decoder's own message, not the page's last-resort catch-all

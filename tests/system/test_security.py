@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import dashboard_env, dicom_bytes, png_bytes, tiny_checkpoints, xray_like  # noqa: F401
 from medrobust.dashboard import jobs
+from medrobust.dashboard.stress import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-admin-token"
@@ -35,7 +36,7 @@ def _no_exception(at: AppTest) -> None:
 
 
 def _predictions(at: AppTest) -> list[str]:
-    return [m.value for m in at.metric if m.label == "Prediction"]
+    return [m.value for m in at.metric if m.label in VERDICT_LABELS]
 
 
 # ----------------------------------------------------------------------------- the admin token

@@ -167,7 +167,8 @@ def test_evaluate_writes_json_and_csvs(e2e):
     assert rc == 0, err
     assert "Traceback" not in err
     results = e2e["base"] / "results"
-    assert sorted(p.name for p in results.iterdir()) == ["run.csv", "run.json", "run.logits.npz", "run.predictions.csv"]
+    assert sorted(p.name for p in results.iterdir()) == ["run.csv", "run.json", "run.logits.npz", "run.predictions.csv",
+                                                         "run.val.npz"]
     assert "run: clean acc" in out and str(results / "run.json") in out
 
     result = json.loads((results / "run.json").read_text())
@@ -180,6 +181,14 @@ def test_evaluate_writes_json_and_csvs(e2e):
     assert 0.0 <= result["clean"]["accuracy"] <= 1.0
     assert isinstance(result["degenerate"], bool)
     assert sorted(result["predictions"]["keys"]) == sorted(split["images"]["test"])
+    # the decision rule is fitted on the validation patients, never the test ones (medrobust.trust)
+    from medrobust.trust import ValLogits
+
+    val = ValLogits.load(results / "run.val.npz")
+    assert sorted(val.keys) == sorted(split["images"]["val"])
+    fit = result["trust"]["fits"]["-1"]
+    assert fit["n_val"] == len(split["images"]["val"]) and fit["temperature"] > 0
+    assert 0.0 <= fit["threshold"] <= 1.0
 
     with open(results / "run.csv", newline="") as fh:
         rows = list(csv.reader(fh))

@@ -129,6 +129,20 @@ def test_imported_densenet_with_three_channels_is_evaluated_on_a_test_manifest(t
     result = json.loads((tmp_path / "res" / "hospital-densenet.json").read_text())
     assert result["n_test"] == ds.kept and result["part"] == "test-manifest"
     _check_three_class_result(result, sorted(CLASSES))
+    assert "trust" not in result and "no validation patients" in err  # nothing to fit the decision rule on ...
+    # ... until the user gives labelled images of other patients: then K classes get a temperature, a referral
+    # level and conformal sets, and the verdict is the most probable class.
+    fit_ds = write_manifest(tmp_path / "fitdata", with_split=False, sources=("site-c", "site-d"), seed=1)
+    rc, out, err = run_main(["fit-decision", str(ckpt), "--fit-data", str(fit_ds.root), "--out", str(tmp_path / "res"),
+                             "--n-boot", "30"])
+    assert rc == 0, err
+    result = json.loads((tmp_path / "res" / "hospital-densenet.json").read_text())
+    fit = result["trust"]["fits"]["-1"]
+    assert fit["threshold"] is None and fit["n_val"] == fit_ds.kept and fit["temperature"] > 0
+    assert "most probable class" in result["trust"]["assessment"]["operating_point"]["note"]
+    # the test images themselves are refused as fit data
+    rc, out, err = run_main(["fit-decision", str(ckpt), "--fit-data", str(ds.root), "--out", str(tmp_path / "res")])
+    assert_one_line_error(rc, err, "fit-decision", "training or test images")
 
 
 def test_import_refuses_pickles_and_wrong_class_counts(tmp_path):
