@@ -17,7 +17,7 @@ Two layers, each answering with plain sentences a clinician understands:
   - *orientation*: a multinomial logistic regression on both stages' features, trained
     self-supervised on the TRAINING X-rays only, that tells an upright X-ray (as filed, mirrored,
     or mildly cropped / re-exposed) from the same X-ray rotated by 90°, 180° or 270°, vertically
-    flipped, in negative, or zoomed into a 20-50 % part. The score is the log-odds of "not upright".
+    flipped, in negative, or zoomed into a 20-40 % part (sides). The score is the log-odds of "not upright".
     Rotated and inverted X-rays keep the texture statistics of an X-ray, so a pure distance misses
     many of them; this classifier does not.
 
@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from medrobust import settings
-from medrobust.checkpoints import CheckpointError, image_size_of, load_checkpoint, read_card, sha256_file
+from medrobust.checkpoints import CheckpointError, image_size_of, load_checkpoint, sha256_file
 from medrobust.fileio import atomic_write_bytes, atomic_write_text
 from medrobust.image_types import DecodedImage
 from medrobust.imaging import to_square
@@ -84,13 +84,13 @@ CODES = {
 ORIENTATION_CLASSES = ("upright", "rotated_90", "rotated_180", "rotated_270", "inverted", "zoomed")
 _CLASS_CODE = {"rotated_90": "orientation", "rotated_180": "orientation", "rotated_270": "orientation",
                "inverted": "inverted", "zoomed": "cropped"}
+_NOT_UPRIGHT = "The image does not look like an upright frontal chest X-ray: it looks most like "
 _CLASS_REASON = {
-    "rotated_90": "The image looks like a chest X-ray turned on its side; upload it upright, as it is read.",
-    "rotated_270": "The image looks like a chest X-ray turned on its side; upload it upright, as it is read.",
-    "rotated_180": "The image looks like a chest X-ray upside down; upload it upright, as it is read.",
-    "inverted": "The image looks like a chest X-ray in negative (bones dark, lungs white); upload it with the usual "
-                "grey levels.",
-    "zoomed": "The image looks like a zoomed-in part of a chest X-ray; upload the whole frontal chest X-ray.",
+    "rotated_90": _NOT_UPRIGHT + "one turned on its side; upload X-rays upright, as they are read.",
+    "rotated_270": _NOT_UPRIGHT + "one turned on its side; upload X-rays upright, as they are read.",
+    "rotated_180": _NOT_UPRIGHT + "one upside down; upload X-rays upright, as they are read.",
+    "inverted": _NOT_UPRIGHT + "one in negative (bones dark, lungs white); upload it with the usual grey levels.",
+    "zoomed": _NOT_UPRIGHT + "a zoomed-in part of one; upload the whole frontal chest X-ray.",
 }
 UNLIKE_TRAINING_REASON = ("The image does not look like the frontal chest X-rays the models learnt from, so their "
                           "answer would mean nothing.")
@@ -107,8 +107,9 @@ class InputCheckError(ValueError):
 class InputVerdict:
     """Whether an image may be given to the models, and why not.
 
-    ``reasons`` are plain sentences (empty when ``ok``); ``codes`` name them for programs (see
-    :data:`CODES`; ``no_learned_check`` is informational and does not make ``ok`` False). ``score`` is
+    ``reasons`` are plain sentences, one per check that fired (empty when ``ok``); ``codes`` name them
+    for programs (see :data:`CODES`), plus ``no_learned_check`` when only the cheap checks ran, which
+    is informational: it has no sentence in ``reasons`` and does not make ``ok`` False. ``score`` is
     the learned score (how far beyond typical validation X-rays, in validation standard deviations, on
     the worse of the two learned measures) and ``threshold`` the score above which an image is
     flagged; both are None when no learned check ran.
@@ -427,8 +428,9 @@ def check_decoded(decoded: DecodedImage, *, checker: InputCheck | None) -> Input
         What :func:`medrobust.imaging.decode_image` returned for the file (its own resolution).
     checker
         A fitted :class:`InputCheck`, run on ``to_square(decoded.pixels, size=checker.image_size)``. With
-        None only the cheap checks run; the verdict then carries the code ``no_learned_check`` (and a
-        sentence saying so) while ``ok`` is what the cheap checks say.
+        None only the cheap checks run; the verdict then carries the code ``no_learned_check`` (its
+        sentence, for a page that wants to say so, is :data:`NO_LEARNED_REASON`) while ``ok`` and
+        ``reasons`` are what the cheap checks say.
 
     Returns
     -------
@@ -437,9 +439,9 @@ def check_decoded(decoded: DecodedImage, *, checker: InputCheck | None) -> Input
     """
     limits = checker.limits if checker is not None else DEFAULT_LIMITS
     codes, reasons = cheap_checks(decoded, limits=limits)
-    if checker is None:
-        return InputVerdict(ok=not codes, reasons=reasons + (NO_LEARNED_REASON,), codes=codes + ("no_learned_check",),
-                            score=None, threshold=None)
+    if checker is None:  # the code says so; ``reasons`` stay the failures only (empty when ok)
+        return InputVerdict(ok=not codes, reasons=reasons, codes=codes + ("no_learned_check",), score=None,
+                            threshold=None)
     learned = checker.check_images(to_square(decoded.pixels, size=checker.image_size)[None])[0]
     codes, reasons = codes + learned.codes, reasons + learned.reasons
     return InputVerdict(ok=not codes, reasons=reasons, codes=codes, score=learned.score, threshold=learned.threshold)
@@ -527,7 +529,8 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, k: int, *, weight_decay: flo
 def fit_input_check(*, feature_model: XrayNet, card: dict[str, Any], train_images: torch.Tensor,
                     val_images: torch.Tensor, pass_rate: float = 0.99, seed: int = 0, grid: int = 2,
                     feature_stages: tuple[str, str] | None = None, weight_decay: float = 2e-3,
-                    copies: int = 2, limits: CheapLimits = DEFAULT_LIMITS, progress: bool = False) -> InputCheck:
+                    copies: int = 2, zoom: tuple[float, float] = (0.2, 0.4), limits: CheapLimits = DEFAULT_LIMITS,
+                    progress: bool = False) -> InputCheck:
     """Fit the learned check on a model's training X-rays and set its threshold on its validation X-rays.
 
     Works for any medrobust checkpoint (trained, imported with a user's manifest, any architecture).
@@ -541,7 +544,9 @@ def fit_input_check(*, feature_model: XrayNet, card: dict[str, Any], train_image
         loaded), ``name`` / ``weights_file``, and ``split`` (its hash is recorded) when present.
     train_images
         (N, 1, S', S') float in [0, 1] (or uint8) X-rays of the TRAINING patients only, S' >= the
-        model's ``image_size`` (larger images are resized, and give sharper zoomed crops).
+        model's ``image_size``; they are resized to it. Give about 4x ``image_size``
+        (``load_dataset(..., image_size=4 * size)``): the zoomed crops are cut from these, and at the
+        model's own size they would be blurry, so the classifier would learn blur instead of zoom.
     val_images
         (M, 1, S', S') X-rays of the VALIDATION patients: they set the standardisation and the threshold.
     pass_rate
@@ -556,7 +561,10 @@ def fit_input_check(*, feature_model: XrayNet, card: dict[str, Any], train_image
     weight_decay
         L2 penalty of the orientation classifier (on standardised features).
     copies
-        Augmented copies per training image for each class (more: slower, slightly steadier).
+        Augmented copies per training image for each class (4 measured no better than 2 here).
+    zoom
+        Range of the zoomed crops' side, as a fraction of the X-ray's side. Crops of 40-50 % were left
+        out: the validation X-rays hold partial chest views that large (a 2.2:1 upper-chest crop).
 
     Returns
     -------
@@ -600,7 +608,7 @@ def fit_input_check(*, feature_model: XrayNet, card: dict[str, Any], train_image
             classes[k].append(torch.rot90(u, k, (2, 3)))
         classes[4].append(1.0 - u)
     classes[2].append(base.flip(-2))  # upside down = rotated 180 + mirrored
-    classes[5] = [_augment(xtr, size, g, lo=0.2, hi=0.5, jitter=False) for _ in range(copies)]
+    classes[5] = [_augment(xtr, size, g, lo=zoom[0], hi=zoom[1], jitter=False) for _ in range(copies)]
     log(f"features of {sum(t.shape[0] for c in classes for t in c)} training images and their variants")
     fx, fy = [], []
     for label, parts in enumerate(classes):
@@ -659,7 +667,7 @@ def fit_input_check(*, feature_model: XrayNet, card: dict[str, Any], train_image
         "threshold_gaussian": gaussian, "threshold_empirical": empirical,
         "ledoit_wolf_shrinkage": shrink, "orientation_train_accuracy": train_acc,
         "val_pass_rate": float((combined <= threshold).double().mean()),
-        "seed": seed, "weight_decay": weight_decay, "copies": copies,
+        "seed": seed, "weight_decay": weight_decay, "copies": copies, "zoom": list(zoom),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return checker

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -360,3 +358,198 @@ def out_of_scope(xrays: list[np.ndarray], *, seed: int, n_synthetic: int = 60) -
                  "head phantom; blurred, noisy", [png(_other_body_part(i, rng)) for i in range(n_synthetic)]),
     ]
     return cats
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _file_stats(paths: list[str]) -> dict[str, float]:
+    """What the cheap checks look at, over the given files decoded as an upload would be."""
+    from medrobust.imaging import decode_image
+    from medrobust.input_check import grey_spread
+
+    rows = []
+    for p in paths:
+        with open(p, "rb") as fh:
+            d = decode_image(fh.read())
+        h, w = d.pixels.shape
+        rows.append((min(h, w), max(h, w) / min(h, w), d.colourfulness, d.colour_beyond_tint, grey_spread(d.pixels)))
+    a = np.asarray(rows)
+    return {"n": len(rows), "min_side": int(a[:, 0].min()), "max_aspect": round(float(a[:, 1].max()), 3),
+            "max_colourfulness": round(float(a[:, 2].max()), 2), "max_colour_beyond_tint": round(float(a[:, 3].max()), 2),
+            "min_spread": round(float(a[:, 4].min()), 3)}
+
+
+def _rate_row(name: str, how: str, verdicts: list, *, in_scope: bool) -> dict:
+    from collections import Counter
+
+    n = len(verdicts)
+    hit = sum(v.ok for v in verdicts) if in_scope else sum(not v.ok for v in verdicts)
+    codes = Counter(c for v in verdicts for c in v.codes if c != "no_learned_check")
+    return {"category": name, "n": n, "rate": hit / n if n else math.nan, "measure": "pass" if in_scope else "flagged",
+            "codes": dict(codes.most_common()), "how": how}
+
+
+def _table(rows: list[dict]) -> str:
+    out = ["| category | n | measure | rate | target | codes that fired (images) | how it was made |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        target = "" if r.get("target") is None else f">= {r['target']:.0%}"
+        codes = ", ".join(f"{k} {v}" for k, v in r["codes"].items())
+        out.append(f"| {r['category']} | {r['n']} | {r['measure']} | {r['rate']:.1%} | {target} | {codes} | {r['how']} |")
+    return "\n".join(out)
+
+
+README_START = "<!-- input-check:start -->"
+README_END = "<!-- input-check:end -->"
+
+
+def _write_readme(path: Path, text: str) -> None:
+    body = path.read_text()
+    block = f"{README_START}\n{text.rstrip()}\n{README_END}"
+    if README_START in body and README_END in body:
+        head, rest = body.split(README_START, 1)
+        body = head + block + rest.split(README_END, 1)[1]
+    else:
+        body = body.rstrip() + "\n\n" + block + "\n"
+    path.write_text(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", action="append", type=Path, required=True, help="data folder(s) of the checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=None, help="feature model (default: <checkpoints>/standard.safetensors)")
+    p.add_argument("--out", type=Path, default=None, help="stem of the two files (default: <checkpoints>/input_check)")
+    p.add_argument("--pass-rate", type=float, default=0.99)
+    p.add_argument("--seed", type=int, default=0, help="seeds the fit's augmentations")
+    p.add_argument("--ood-seed", type=int, default=0, help="seeds the out-of-scope set")
+    p.add_argument("--n-synthetic", type=int, default=60, help="images per synthetic out-of-scope category")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--readme", type=Path, default=None, help="write the table into this markdown file")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from medrobust import settings
+    from medrobust.checkpoints import image_size_of, load_checkpoint
+    from medrobust.data import load_dataset, split_from_info
+    from medrobust.imaging import decode_image, to_square
+    from medrobust.input_check import DEFAULT_LIMITS, InputCheck, check_decoded, fit_input_check
+
+    torch.set_num_threads(args.threads)
+    ckpt = args.checkpoint or settings.checkpoints_dir() / "standard.safetensors"
+    out = args.out or settings.checkpoints_dir() / "input_check"
+    model, card = load_checkpoint(ckpt)
+    size = image_size_of(card, name=ckpt.name)
+    if not (card.get("split") or {}).get("train_patients"):
+        print(f"fit_input_check: {ckpt.name}'s card lists no split; fit it with fit_input_check() on your own split.",
+              file=sys.stderr)
+        return 2
+    data = load_dataset(args.data, image_size=size, progress=True)
+    split = split_from_info(data.records, card["split"])
+    if card["split"].get("hash") and split.hash != card["split"]["hash"]:
+        print(f"fit_input_check: these data give split {split.hash}, not the card's {card['split']['hash']}.",
+              file=sys.stderr)
+        return 2
+    # Training X-rays at 4x the model's size, so the zoomed crops the orientation classifier learns from
+    # are as sharp as a crop of a full-size upload (at the model's size they would be blurry).
+    big = load_dataset(args.data, image_size=4 * size, progress=True)
+    train = big.subset(split.images["train"]).images
+    val = data.subset(split.images["val"]).images
+    path = {r.key: r.path for r in data.records}
+
+    print("cheap-check statistics of the files (decoded as uploads):")
+    evidence = {part: _file_stats([path[k] for k in split.images[part]]) for part in ("train", "val", "test")}
+    for part, st in evidence.items():
+        print(f"  {part:5s} {st}")
+    print(f"  limits {DEFAULT_LIMITS}")
+
+    t0 = time.perf_counter()
+    checker = fit_input_check(feature_model=model, card=card, train_images=train, val_images=val,
+                              pass_rate=args.pass_rate, seed=args.seed, progress=True)
+    fit_s = time.perf_counter() - t0
+    arrays, card_file = checker.save(out)
+    checker = InputCheck.load(card_file, feature_model_path=ckpt)  # exactly what the dashboard will load
+    print(f"fitted in {fit_s:.0f} s: threshold {checker.threshold:.3f} (Gaussian {checker.card['threshold_gaussian']:.3f}, "
+          f"validation quantile {checker.card['threshold_empirical']:.3f}); validation pass rate "
+          f"{checker.card['val_pass_rate']:.1%}; wrote {arrays} ({arrays.stat().st_size / 1e6:.2f} MB) and {card_file}")
+
+    def uploads(keys: list[str]) -> list[bytes]:
+        blobs = []
+        for k in keys:
+            with open(path[k], "rb") as fh:
+                blobs.append(fh.read())
+        return blobs
+
+    def run(blobs: list[bytes]) -> list:
+        return [check_decoded(decode_image(b), checker=checker) for b in blobs]
+
+    test_files = uploads(split.images["test"])
+    t0 = time.perf_counter()
+    test_verdicts = run(test_files)
+    per_upload_ms = (time.perf_counter() - t0) / len(test_files) * 1e3
+    rows = [dict(_rate_row("test patients' frontal X-rays", "the TEST patients' original files (JPEG/PNG) as uploaded",
+                           test_verdicts, in_scope=True), target=0.98),
+            dict(_rate_row("validation patients' X-rays", "the VALIDATION patients' files (they set the threshold)",
+                           run(uploads(split.images["val"])), in_scope=True), target=None)]
+    test_pixels = [decode_image(b).pixels for b in test_files]
+    rows.append(dict(_rate_row("test X-rays mirrored (in scope)", "the test X-rays flipped left-right (the models "
+                               "were trained with such flips)", run([png(x[:, ::-1]) for x in test_pixels]),
+                               in_scope=True), target=None))
+    for cat in out_of_scope(test_pixels, seed=args.ood_seed, n_synthetic=args.n_synthetic):
+        rows.append(dict(_rate_row(cat.name, cat.how, run(cat.images), in_scope=False), target=0.95))
+
+    # timing of the learned check alone, one image at a time and in a batch of 32
+    x = torch.stack([to_square(px, size=checker.image_size) for px in test_pixels[:32]])
+    checker.check_images(x[:1])
+    times = []
+    for i in range(32):
+        t0 = time.perf_counter()
+        checker.check_images(x[i : i + 1])
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    checker.check_images(x)
+    batch_ms = (time.perf_counter() - t0) / 32 * 1e3
+    timing = {"learned_one_image_median_ms": float(np.median(times) * 1e3), "learned_batch32_per_image_ms": batch_ms,
+              "upload_decode_and_all_checks_ms": per_upload_ms, "threads": args.threads}
+
+    table = _table(rows)
+    print(table)
+    print(f"timing ({args.threads} thread): {timing}")
+    checker.card["measured"] = {"rows": rows, "timing": timing, "ood_seed": args.ood_seed,
+                                "cheap_limit_evidence": evidence,
+                                "command": "python scripts/fit_input_check.py " + " ".join(
+                                    f"--data {d}" for d in args.data)}
+    checker.save(out)
+    if args.readme:
+        rel = lambda r: r["rate"]  # noqa: E731
+        misses = [r["category"] for r in rows if r.get("target") and rel(r) < r["target"]]
+        text = (
+            "## Input check\n\n"
+            "Is an upload plausibly a frontal chest X-ray of the kind the models learnt from? "
+            "`medrobust.input_check` answers before any verdict: cheap checks (size, aspect, colour, flatness) on "
+            "the decoded file, then a learned check on the standard model's `layer2`/`layer3` features "
+            "(Ledoit-Wolf Mahalanobis distance to the training X-rays, and a logistic regression trained "
+            "self-supervised on rotated / inverted / zoomed training X-rays), fitted on the TRAINING patients, "
+            "threshold on the VALIDATION patients. The out-of-scope set below only measures; nothing was "
+            "fitted or tuned on it or on the test patients. Every image goes as PNG (or the original file) "
+            "through `decode_image` and `check_decoded`, as an upload does.\n\n"
+            f"    python scripts/fit_input_check.py {' '.join(f'--data {d}' for d in args.data)} --readme benchmarks/README.md\n\n"
+            f"Fitted on {checker.card['fitted_on']['train_images']} training X-rays (split "
+            f"{checker.card['fitted_on']['split_hash']}), threshold {checker.threshold:.2f} on "
+            f"{checker.card['fitted_on']['val_images']} validation X-rays; files "
+            f"`checkpoints/{arrays.name}` ({arrays.stat().st_size / 1e6:.1f} MB) + `checkpoints/{card_file.name}`. "
+            f"Learned check: {timing['learned_one_image_median_ms']:.0f} ms for one image, "
+            f"{timing['learned_batch32_per_image_ms']:.0f} ms per image in a batch of 32; decoding plus every "
+            f"check of an upload: {per_upload_ms:.0f} ms (this CPU, {args.threads} thread, with background load).\n\n"
+            + table + "\n\n"
+            + ("Every category meets its target." if not misses else
+               f"Below target: {', '.join(misses)} (see the rates above).") + "\n"
+        )
+        _write_readme(args.readme, text)
+        print(f"wrote the table into {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
