@@ -416,7 +416,7 @@ def _standardise(dist: torch.Tensor, logits: torch.Tensor, mean: torch.Tensor, s
 
 def default_input_check_path() -> Path:
     """The shipped input check's card: ``<checkpoints>/input_check.json`` (see :func:`medrobust.settings.checkpoints_dir`)."""
-    return settings.checkpoints_dir() / "input_check.json"
+    return settings.checkpoints_dir() / f"{settings.INPUT_CHECK_STEM}.json"
 
 
 def check_decoded(decoded: DecodedImage, *, checker: InputCheck | None) -> InputVerdict:

@@ -57,7 +57,8 @@ def load_models(models_dir: str | Path | None = None, *, results_dirs: Sequence[
     if not folder.is_dir():
         raise FileNotFoundError(f"Model folder {folder} does not exist; pass --models DIR (a folder of "
                                 ".safetensors checkpoints with their .json cards).")
-    files = sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith("."))
+    files = sorted(p for p in folder.glob("*.safetensors")
+                   if not p.name.startswith(".") and p.stem != settings.INPUT_CHECK_STEM)
     if not files:
         raise FileNotFoundError(f"{folder} holds no .safetensors model; pass --models DIR.")
     dirs = list(results_dirs) or [folder / "results", settings.results_dir()]

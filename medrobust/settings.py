@@ -118,3 +118,7 @@ def dicom_timeout_s(default: float = 15.0) -> float:
     except ValueError:
         return default
     return value if value > 0 else default
+
+
+#: The fitted input check beside the shipped models (``<checkpoints>/input_check.safetensors`` + ``.json``): not a model.
+INPUT_CHECK_STEM = "input_check"

@@ -79,7 +79,7 @@ def discover_models(folder: str | Path | None = None) -> list[ModelFile]:
     folder = Path(folder) if folder is not None else settings.checkpoints_dir()
     if not folder.is_dir():
         return []
-    files = [p for p in folder.glob("*.safetensors") if not p.name.startswith(".")]
+    files = [p for p in folder.glob("*.safetensors") if not p.name.startswith(".") and p.stem != settings.INPUT_CHECK_STEM]
     return sorted((_model_file(p, shipped=True) for p in files), key=_sort_key)
 
 
