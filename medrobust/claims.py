@@ -480,6 +480,8 @@ def _rmsce(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def _compute(models: _Models, wanted: Sequence[Comparison], *, n_boot: int, seed: int) -> dict[Comparison, dict]:
     """Every wanted comparison's difference, interval and p-value (one bootstrap per kind, same seed)."""
+    if not models.per_sample or not wanted:  # no result of the set carries per-sample logits
+        return {}
     y, g = models.labels, models.groups
     out: dict[Comparison, dict] = {}
     for c in wanted:
