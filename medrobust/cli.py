@@ -548,8 +548,12 @@ def cmd_evaluate(args) -> int:
             out = args.out or settings.results_dir()
             result = evaluate_cv(target, roots=roots, config=config, device=dinfo.device,
                                  cache_dir=out / f".{Path(target).name}.folds",
-                                 log=lambda text: print(text, file=sys.stderr, flush=True),
-                                 trust_config=_trust_config(args))
+                                 log=lambda text: print(text, file=sys.stderr, flush=True))
+            from medrobust.trust import add_cv_trust
+
+            add_cv_trust(result, target, roots=roots, device=dinfo.device, cache_dir=out / f".{Path(target).name}.folds",
+                         config=_trust_config(args), n_boot=config.n_boot, seed=config.seed,
+                         log=lambda text: print(text, file=sys.stderr, flush=True))
         else:
             result = _evaluate_one(_checkpoint_file(target), args=args, config=config, dinfo=dinfo, roots=roots,
                                    datasets=datasets)
@@ -659,8 +663,8 @@ def cmd_check_attacks(args) -> int:
 def cmd_fit_decision(args) -> int:
     from medrobust.checkpoints import image_size_of, load_checkpoint, read_card
     from medrobust.data import load_dataset
-    from medrobust.evaluation import (fold_checkpoints, fold_validation_logits, is_cv_dir, load_results,
-                                      write_results)
+    from medrobust.evaluation import fold_checkpoints, is_cv_dir, load_results, write_results
+    from medrobust.trust import fold_validation_logits
     from medrobust.settings import data_roots
     from medrobust.trust import ValLogits, add_trust
 

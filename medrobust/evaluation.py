@@ -627,9 +627,7 @@ def write_results(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
                                                       for k, l, p in zip(pred["keys"], pred["labels"], probs)]
     atomic_write_text(paths[2], "\n".join(plines) + "\n")
     if result.get("_val") is not None:  # the validation logits the decision rule was fitted on (medrobust.trust)
-        from medrobust.trust import val_path
-
-        paths.append(val_path(paths[0]))
+        paths.append(paths[0].with_suffix(".val.npz"))  # medrobust.trust.val_path
         result["_val"].save(paths[-1])
     return paths
 
@@ -774,34 +772,6 @@ def evaluate_fold(
     return ps, summary, card
 
 
-def fold_validation_logits(ckpt: str | Path, fold: int, *, roots, device: torch.device | str = "cpu",
-                           cache_dir: str | Path | None = None, data=None):
-    """The clean logits of fold ``fold``'s validation patients (:class:`medrobust.trust.ValLogits`), kept as
-    ``fold<i>.val.npz`` in ``cache_dir`` keyed by the weights' sha256; None when the fold has no validation part."""
-    from medrobust.checkpoints import image_size_of, load_checkpoint, read_card
-    from medrobust.data import load_dataset
-    from medrobust.trust import ValLogits, validation_logits
-
-    card = read_card(ckpt)
-    _require_fold(card, fold)
-    cache = Path(cache_dir) if cache_dir is not None else None
-    kept = cache / f"fold{fold}.val.npz" if cache is not None else None
-    if kept is not None and kept.is_file() and kept.with_suffix(".json").is_file():
-        if json.loads(kept.with_suffix(".json").read_text()).get("sha256") == card.get("sha256"):
-            return ValLogits.load(kept)
-    model, card = load_checkpoint(ckpt, device=device)
-    classes = (card.get("config") or {}).get("classes")
-    size = image_size_of(card, name=f"fold {fold}")
-    if data is None or data.image_size != size or (classes and tuple(data.classes) != tuple(classes)):
-        data = load_dataset(roots, image_size=size, classes=classes)
-    val = validation_logits(model, card, data, device=device)
-    if val is not None and kept is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        val.save(kept)
-        atomic_write_text(kept.with_suffix(".json"), json.dumps({"sha256": card.get("sha256")}))
-    return val
-
-
 @dataclass
 class FoldPart:
     """One fold's test images as :func:`evaluate_fold` rebuilds them from the data and the fold's card."""
@@ -874,7 +844,6 @@ def evaluate_cv(
     name: str | None = None,
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] = lambda text: None,
-    trust_config=None,
 ) -> dict[str, Any]:
     """Evaluate every fold model on its own test patients and pool the out-of-fold predictions.
 
@@ -912,13 +881,4 @@ def evaluate_cv(
     # The arithmetic of the folds (a fold evaluated elsewhere, e.g. on a GPU, keeps its own record).
     result["precision"] = _folds_precision([f.get("precision") for f in fold_summaries])
     result["timing"] = {"total_s": sum(f["seconds"] for f in fold_summaries)}
-    vals = [fold_validation_logits(ckpt, i, roots=roots, device=device, cache_dir=cache_dir)
-            for i, ckpt in enumerate(fold_checkpoints(cv_dir))]
-    if all(v is not None for v in vals):
-        from medrobust.trust import ValLogits, add_trust
-
-        add_trust(result, ValLogits.concat(vals), n_boot=config.n_boot, seed=config.seed,
-                  **({"config": trust_config} if trust_config is not None else {}))
-    else:
-        log("some folds have no validation patients: no decision rule (temperature, operating point) fitted")
     return result

@@ -45,7 +45,7 @@ from medrobust.decision import (
     verdict_confidence,
     verdicts,
 )
-from medrobust.fileio import atomic_write_bytes
+from medrobust.fileio import atomic_write_bytes, atomic_write_text
 from medrobust.metrics import classification_metrics
 from medrobust.stats import cluster_bootstrap_statistic
 
@@ -152,6 +152,35 @@ def validation_logits(model, card: dict[str, Any], data, *, device="cpu", batch_
     return ValLogits(keys=[r.key for r in part.records], labels=labels.astype(np.int64),
                      groups=np.array([r.patient for r in part.records]), folds=np.full(len(part), fold),
                      logits=np.concatenate(out).astype(np.float32))
+
+
+def fold_validation_logits(ckpt: str | Path, fold: int, *, roots, device: torch.device | str = "cpu",
+                           cache_dir: str | Path | None = None, data=None):
+    """The clean logits of fold ``fold``'s validation patients (:class:`medrobust.trust.ValLogits`), kept as
+    ``fold<i>.val.npz`` in ``cache_dir`` keyed by the weights' sha256; None when the fold has no validation part."""
+    from medrobust.checkpoints import image_size_of, load_checkpoint, read_card
+    from medrobust.data import load_dataset
+    from medrobust.evaluation import _require_fold
+
+    card = read_card(ckpt)
+    _require_fold(card, fold)
+    cache = Path(cache_dir) if cache_dir is not None else None
+    kept = cache / f"fold{fold}.val.npz" if cache is not None else None
+    if kept is not None and kept.is_file() and kept.with_suffix(".json").is_file():
+        if json.loads(kept.with_suffix(".json").read_text()).get("sha256") == card.get("sha256"):
+            return ValLogits.load(kept)
+    model, card = load_checkpoint(ckpt, device=device)
+    classes = (card.get("config") or {}).get("classes")
+    size = image_size_of(card, name=f"fold {fold}")
+    if data is None or data.image_size != size or (classes and tuple(data.classes) != tuple(classes)):
+        data = load_dataset(roots, image_size=size, classes=classes)
+    val = validation_logits(model, card, data, device=device)
+    if val is not None and kept is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        val.save(kept)
+        atomic_write_text(kept.with_suffix(".json"), json.dumps({"sha256": card.get("sha256")}))
+    return val
+
 
 
 # --------------------------------------------------------------------------- the fit
@@ -367,6 +396,22 @@ def assess_trust(ps, fits: dict[str, Any], *, classes: Sequence[str], n_boot: in
     out["conditions"] = conditions
     out["promised_coverage"] = 1.0 - float(next(iter(fits.values()))["config"]["alpha"])
     return out
+
+
+def add_cv_trust(result: dict[str, Any], cv_dir: str | Path, *, roots, device="cpu", cache_dir=None,
+                 config: TrustConfig = TrustConfig(), n_boot: int | None = None, seed: int = 0,
+                 log=lambda text: None) -> bool:
+    """Fit each fold's decision rule from its validation patients and assess the pooled result (False when a fold
+    has no validation patients)."""
+    from medrobust.evaluation import fold_checkpoints
+
+    vals = [fold_validation_logits(c, i, roots=roots, device=device, cache_dir=cache_dir)
+            for i, c in enumerate(fold_checkpoints(cv_dir))]
+    if any(v is None for v in vals):
+        log("some folds have no validation patients: no decision rule (temperature, operating point) fitted")
+        return False
+    add_trust(result, ValLogits.concat(vals), config=config, n_boot=n_boot, seed=seed)
+    return True
 
 
 def add_trust(result: dict[str, Any], val: ValLogits, *, config: TrustConfig = TrustConfig(), n_boot: int | None = None,
