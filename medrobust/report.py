@@ -447,6 +447,11 @@ def _trust(r: dict[str, Any]) -> dict[str, Any] | None:
     return t if t and t.get("assessment") else None
 
 
+def _fitted(results: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(result, its trust block) for each result with a fitted decision rule, in method order."""
+    return [(r, t) for r in _sorted(results) if (t := _trust(r))]
+
+
 def _num(v: float | None, digits: int = 2) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -470,10 +475,7 @@ def decision_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The operating point of each model: its threshold(s) and temperature(s), and sensitivity, specificity, PPV and
     NPV on the test patients with 95 % patient-bootstrap CIs, at the data's prevalence and restated for others."""
     rows = []
-    for r in _sorted(results):
-        t = _trust(r)
-        if not t:
-            continue
+    for r, t in _fitted(results):
         op = t["assessment"]["operating_point"]
         row = {"model": r["name"], "temperature": _temps(t["fits"], "temperature", 2),
                "threshold on calibrated P": _temps(t["fits"], "threshold", 3)}
@@ -494,10 +496,7 @@ def referral_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Selective answering: how many test images each model answers at its referral level and how often it is
     wrong then; AURC clean, at each attack radius and at the worst clinical corruption."""
     rows = []
-    for r in _sorted(results):
-        t = _trust(r)
-        if not t:
-            continue
+    for r, t in _fitted(results):
         a = t["assessment"]
         ref = a["referral"]
         conds = a["conditions"]
@@ -520,10 +519,7 @@ def conformal_rows(results: Sequence[dict[str, Any]], *, method: str = "lac") ->
     """Empirical coverage (and mean set size) of the conformal sets on the test patients: clean, at each attack
     radius, and at the worst clinical corruption level (the promise holds only for exchangeable, clean data)."""
     rows = []
-    for r in _sorted(results):
-        t = _trust(r)
-        if not t:
-            continue
+    for r, t in _fitted(results):
         a = t["assessment"]
         conds = a["conditions"]
 
@@ -550,10 +546,7 @@ def calibration_change_rows(results: Sequence[dict[str, Any]]) -> list[dict[str,
     """RMSCE (debiased and plug-in), ECE, NLL and Brier before and after the temperature, with 95 % patient-bootstrap
     CIs of each and of the change."""
     rows = []
-    for r in _sorted(results):
-        t = _trust(r)
-        if not t:
-            continue
+    for r, t in _fitted(results):
         c = t["assessment"]["calibration"]
         ci = c.get("ci", {})
         row = {"model": r["name"]}

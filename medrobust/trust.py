@@ -267,33 +267,20 @@ def _fit_of(fits: dict[str, Any], fold: int) -> dict[str, Any]:
     return fits[key]
 
 
-def _calibrated(logits: np.ndarray, folds: np.ndarray, fits: dict[str, Any]) -> np.ndarray:
-    p = np.empty(logits.shape, dtype=np.float64)
+def _apply_by_fold(logits: np.ndarray, folds: np.ndarray, fits: dict[str, Any]) -> dict[str, Any]:
+    """:meth:`Decision.apply` with each image's own fold's rule: calibrated ``probs``, ``answer``, ``confidence``,
+    ``kept`` (answered, not referred) and the conformal ``sets`` by method."""
+    z = np.asarray(logits, dtype=np.float64)
+    n, k = z.shape
+    out = {"probs": np.empty((n, k)), "answer": np.empty(n, np.int64), "confidence": np.empty(n),
+           "kept": np.empty(n, bool), "sets": {m.value: np.zeros((n, k), bool) for m in ConformalMethod}}
     for f in np.unique(folds):
         sel = folds == f
-        p[sel] = apply_temperature(logits=logits[sel], temperature=_fit_of(fits, int(f))["temperature"])
-    return p
-
-
-def _decide(p: np.ndarray, folds: np.ndarray, fits: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Verdicts, confidences and the referral mask (True = answered) of calibrated probabilities, fold by fold."""
-    answer = np.empty(p.shape[0], dtype=np.int64)
-    conf = np.empty(p.shape[0], dtype=np.float64)
-    kept = np.empty(p.shape[0], dtype=bool)
-    for f in np.unique(folds):
-        sel = folds == f
-        fit = _fit_of(fits, int(f))
-        answer[sel] = verdicts(probs=p[sel], threshold=fit["threshold"])
-        conf[sel] = verdict_confidence(probs=p[sel], threshold=fit["threshold"])
-        kept[sel] = conf[sel] >= fit["referral_level"]
-    return answer, conf, kept
-
-
-def _sets(p: np.ndarray, folds: np.ndarray, fits: dict[str, Any], method: str) -> np.ndarray:
-    out = np.zeros(p.shape, dtype=bool)
-    for f in np.unique(folds):
-        sel = folds == f
-        out[sel] = prediction_sets(probs=p[sel], qhat=_fit_of(fits, int(f))["conformal"][method], method=method)
+        d = Decision(fit=_fit_of(fits, int(f)), classes=()).apply(z[sel])
+        out["probs"][sel], out["answer"][sel], out["confidence"][sel] = d["probs"], d["answer"], d["confidence"]
+        out["kept"][sel] = d["verdict"] != REFER
+        for m, v in d["sets"].items():
+            out["sets"][m][sel] = v
     return out
 
 
@@ -338,7 +325,8 @@ def assess_trust(ps, fits: dict[str, Any], *, classes: Sequence[str], n_boot: in
     groups = np.asarray(ps.groups)
     folds = np.asarray(ps.folds)
     raw = ps.probs(0)
-    cal = _calibrated(ps.logits[0].astype(np.float64), folds, fits)
+    clean = _apply_by_fold(ps.logits[0], folds, fits)
+    cal = clean["probs"]
     k = raw.shape[1]
 
     # calibration before/after, with patient-bootstrap CIs of each and of the change
@@ -353,7 +341,7 @@ def assess_trust(ps, fits: dict[str, Any], *, classes: Sequence[str], n_boot: in
                    "change": {k_: after[k_] - before[k_] for k_ in CALIBRATION_KEYS},
                    "ci": {name: list(v) for name, v in calib_ci.items()}}
 
-    answer, conf, kept = _decide(cal, folds, fits)
+    answer, kept = clean["answer"], clean["kept"]
     out: dict[str, Any] = {"calibration": calibration, "classes": list(classes)}
     if k == 2:
         point = _binary_rates(y, answer)
@@ -378,8 +366,8 @@ def assess_trust(ps, fits: dict[str, Any], *, classes: Sequence[str], n_boot: in
     # every condition: risk–coverage, AURC, conformal coverage (the fold's temperature, threshold and qhat)
     conditions = []
     for i, cond in enumerate(ps.conditions):
-        p = _calibrated(ps.logits[i].astype(np.float64), folds, fits)
-        a, c, kp = _decide(p, folds, fits)
+        d = _apply_by_fold(ps.logits[i], folds, fits)
+        a, c, kp = d["answer"], d["confidence"], d["kept"]
         correct = a == y
         rc = risk_coverage(confidence=c, correct=correct)
         row = {"condition": _condition_key(cond), "suite": getattr(cond, "suite", ""),
@@ -389,7 +377,7 @@ def assess_trust(ps, fits: dict[str, Any], *, classes: Sequence[str], n_boot: in
                "risk_answered": float(1.0 - correct[kp].mean()) if kp.any() else math.nan,
                "curve": _thin(rc) if _keeps_curve(cond) else None}
         for m in ConformalMethod:
-            sc = set_coverage(sets=_sets(p, folds, fits, m.value), labels=y)
+            sc = set_coverage(sets=d["sets"][m.value], labels=y)
             row[f"{m.value}_coverage"] = float(sc["coverage"])
             row[f"{m.value}_size"] = float(sc["mean_size"])
         conditions.append(row)
