@@ -99,9 +99,10 @@ def decision_section(results: Sequence[dict[str, Any]]) -> None:
     fitted = [r for r in results if (r.get("trust") or {}).get("assessment")]
     st.subheader("Verdicts: operating point, referral and conformal sets")
     if not fitted:
-        st.caption("No result in this set carries a decision rule; run `python -m medrobust fit-decision MODEL` "
-                   "(or evaluate again) to fit a temperature, an operating point, a referral level and conformal sets "
-                   "on the validation patients.")
+        st.caption("No result in this set carries a decision rule (temperature, operating point, referral level, "
+                   "conformal sets). The shipped single-split models carry theirs: choose that set in the sidebar. A "
+                   "cross-validated set needs its fold models' validation patients, and these fold weights are not "
+                   "shipped; for your own models run `python -m medrobust fit-decision MODEL` (or evaluate again).")
         return
     st.markdown("Each model's verdict uses a **threshold chosen on its validation patients** (Youden's J), applied to "
                 "its **temperature-scaled** probability; the rates below are measured on the test patients.")
