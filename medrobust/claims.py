@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from medrobust.calibrate import apply_temperature
+from medrobust.intervals import format_difference, format_value
 from medrobust.metrics import classification_metrics
 from medrobust.stats import cluster_bootstrap_ci, cluster_bootstrap_statistic, paired_cluster_bootstrap
 
@@ -267,17 +268,8 @@ def _display(variant: str) -> str:
     return f"({variant})" if " " in variant else variant
 
 
-def _signed(x: float, metric: str) -> str:
-    """``+34.4`` (balanced accuracy, percentage points) or ``−0.123`` (RMSCE); ``–`` for nan."""
-    if x is None or math.isnan(x):
-        return "–"
-    x = 0.0 if abs(x) <= _ZERO else x
-    s = f"{100.0 * x:+.1f}" if metric == "balanced_accuracy" else f"{x:+.3f}"
-    return s.replace("-", _MINUS)
-
-
 def _unsigned(x: float, metric: str) -> str:
-    return f"{100.0 * abs(x):.1f}" if metric == "balanced_accuracy" else f"{abs(x):.3f}"
+    return format_value(metric, abs(x))
 
 
 def comparison_text(comparison: Mapping[str, Any]) -> str:
@@ -291,10 +283,9 @@ def comparison_text(comparison: Mapping[str, Any]) -> str:
     where = condition_label(comparison["condition"])
     if metric == "rmsce":
         where = f"RMSCE {where}"
-    unit = " pts" if metric == "balanced_accuracy" else ""
     pair = f"{_display(comparison['b'])} {_MINUS} {_display(comparison['a'])}"
-    return (f"{pair}, {where}: {_signed(comparison['difference'], metric)} "
-            f"[{_signed(lo, metric)}, {_signed(hi, metric)}]{unit}")
+    d, lo, hi = (0.0 if abs(v) <= _ZERO else v for v in (comparison["difference"], lo, hi))
+    return f"{pair}, {where}: {format_difference(metric, d, (lo, hi))}"
 
 
 def _plain(c: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from medrobust import paper
 from medrobust.choices import METHOD_NAMES as METHODS  # the registry's names, without importing torch
+from medrobust.intervals import format_difference, format_interval, format_number, format_p, format_value
 
 #: The paper's Table I as fractions: "clean", "pgd" (mean over eps 1-5), "gaussian", "salt_and_pepper",
 #: "speckle" (probably means over ten severities); its Table II: "rmsce" (fraction), "entropy" (as printed).
@@ -18,8 +19,81 @@ PAPER_TABLE_II: dict[str, dict[str, float | None]] = paper.as_fractions(paper.TA
 _ORDER = {name: i for i, name in enumerate(METHODS)}
 
 
+# --------------------------------------------------------------------------- what a result set holds
+# Every caption, chance line and bound is computed here from the results themselves (their K, the radii and
+# severities they ran, how their test images were chosen), never written as a constant beside a table.
+
+
+def n_classes(results: Sequence[dict[str, Any]]) -> int | None:
+    """K shared by every result (None when they differ or none says)."""
+    ks = {len(r.get("classes") or ()) for r in results}
+    return ks.pop() if len(ks) == 1 and 0 not in ks else None
+
+
+def chance_balanced_accuracy(results: Sequence[dict[str, Any]]) -> float:
+    """Balanced accuracy of guessing: 1/K (0.5 when the results disagree on K)."""
+    return 1.0 / (n_classes(results) or 2)
+
+
+def chance_text(results: Sequence[dict[str, Any]]) -> str:
+    """"balanced accuracy 50 % is chance" for K = 2, "33 %" for K = 3; below chance is explained."""
+    k = n_classes(results)
+    if k is None:
+        return ("Balanced accuracy at chance is 1/K for K classes (the results here have different K). A value "
+                "below chance means the model prefers the wrong class more often than guessing would.")
+    return (f"Balanced accuracy {100.0 / k:.0f} % is chance for {k} classes (guessing); a value below it means the "
+            "model picks the wrong class more often than guessing would, which is still no use to anyone.")
+
+
+def entropy_text(results: Sequence[dict[str, Any]]) -> str:
+    """The bound on the mean predictive entropy, ln K nats, for the K the results hold."""
+    k = n_classes(results)
+    if k is None:
+        return "Entropy is the mean predictive entropy in nats, at most ln K for K classes (these results differ in K)."
+    return f"Entropy is the mean predictive entropy in nats, at most ln {k} ≈ {math.log(k):.3f} ({k} classes)."
+
+
+def _severities(results: Sequence[dict[str, Any]], perturbations: Sequence[str]) -> list[float]:
+    return sorted({float(x["severity"]) for r in results for x in r.get("rows", ())
+                   if x["perturbation"] in perturbations})
+
+
+def _span(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:g}"
+    return f"{values[0]:g}–{values[-1]:g}"
+
+
+def table_one_caption(results: Sequence[dict[str, Any]]) -> str:
+    """What Table I's averaged cells average over, from the radii and severities the results ran."""
+    norm = results[0].get("params", {}).get("norm", "l2") if results else "l2"
+    eps = _severities(results, (f"pgd_{norm}",))
+    noise = _severities(results, ("gaussian", "salt_and_pepper", "speckle"))
+    parts = []
+    if eps:
+        parts.append(f"the adversarial cells over eps {_span(eps)} ({norm.upper()}, stated at 224 px and scaled to "
+                     "the model's size)")
+    if noise:
+        parts.append(f"the noise cells over the paper's severities {_span(noise)}")
+    if not parts:
+        return "No attack or noise was run on these results: only the clean cells are filled."
+    return "Averaged cells are accuracy / balanced accuracy in %: " + "; ".join(parts) + ". A \"–\" was not run."
+
+
+def test_set_text(r: dict[str, Any]) -> str:
+    """How one result's test images were chosen, in words that claim no more than the result proves."""
+    if "cv" in r:
+        return (f"each predicted by the one of {r['cv']['folds']} fold models that never saw its patient")
+    if r.get("part") == "test-manifest":
+        return ("from a test manifest the user supplied: medrobust cannot prove these patients were not used in "
+                "training (the model's card lists no training patients to check against)")
+    if r.get("split_hash"):
+        return "held-out test images of patients the models never saw in training (patient-level split, checked)"
+    return "test images whose split is not recorded: that the models never saw them is not proven"
+
+
 def _pct(v: float | None) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+    return format_value("accuracy", v)
 
 
 def _pair(d: dict[str, float] | None) -> str:
@@ -52,8 +126,7 @@ def table_one(results: Sequence[dict[str, Any]]) -> str:
             f"| {_pair(r['summary'].get('salt_and_pepper'))} | {_pair(r['summary'].get('speckle'))} |"
         )
     lines.append("")
-    lines.append("Cells after the AUROC are accuracy / balanced accuracy in %, averaged over eps 1–5 "
-                 "(L2 stated at 224 px) and over severities 0.1–1.0.")
+    lines.append(table_one_caption(results))
     return "\n".join(lines)
 
 
@@ -100,8 +173,8 @@ def table_two(results: Sequence[dict[str, Any]]) -> str:
         lines.append("Rows \"+ temperature\": the same logits divided by one temperature per model (per fold for "
                      "cross-validated sets), fitted on its validation patients only (`medrobust.trust`).")
     lines.append("RMSCE (debiased) is Kumar et al.'s estimator, clipped at 0 (on ~100 images it often is 0); the "
-                 "plug-in value is shown beside it. Entropy is the mean per-sample predictive entropy in nats, at most "
-                 "ln 2 ≈ 0.693 for two classes, so the paper's 2.8–4.5 cannot be this quantity.")
+                 "plug-in value is shown beside it. " + entropy_text(results) + " The paper's 2.8–4.5 cannot be this "
+                 "quantity.")
     return "\n".join(lines)
 
 
@@ -109,15 +182,11 @@ METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy
 
 
 def _fmt(metric: str, v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{v:.3f}" if metric == "auroc" else _pct(v)
+    return format_value(metric, v)
 
 
 def _with_ci(metric: str, v: float, ci: Sequence[float] | None) -> str:
-    if not ci or any(c is None or (isinstance(c, float) and math.isnan(c)) for c in ci):
-        return _fmt(metric, v)
-    return f"{_fmt(metric, v)} [{_fmt(metric, ci[0])}, {_fmt(metric, ci[1])}]"
+    return format_value(metric, v, ci)
 
 
 def _spread(metric: str, d: dict[str, float] | None) -> str:
@@ -239,12 +308,11 @@ def table_paired(pairs: Sequence[dict[str, Any]], *, metric: str = "balanced_acc
 
     if not pairs:
         return ""
-    lines = ["| model vs baseline | condition | difference [95 % CI] | p | in words |", "|---|---|---|---|---|"]
+    lines = ["| B − A | condition | B − A [95 % CI] | p | in words |", "|---|---|---|---|---|"]
     for p in pairs:
         d = p["differences"][metric]
-        scale, digits = (1.0, 3) if metric == "auroc" else (100.0, 1)
-        lines.append(f"| {p['model']} vs {p['baseline']} | {p['condition']} | {scale * d['difference']:+.{digits}f} "
-                     f"[{scale * d['ci'][0]:+.{digits}f}, {scale * d['ci'][1]:+.{digits}f}] | {d['p_value']:.3f} | "
+        lines.append(f"| {p['model']} − {p['baseline']} | {p['condition']} | "
+                     f"{format_difference(metric, d['difference'], d['ci'])} | {format_p(d['p_value'])} | "
                      f"{describe_difference(metric, d, a_name=p['baseline'], b_name=p['model'])} |")
     return "\n".join(lines)
 
@@ -363,11 +431,7 @@ def table_audit(results: Sequence[dict[str, Any]]) -> str:
 
 
 def _ci_text(v: float | None, ci: Sequence[float] | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if not ci or any(c is None or (isinstance(c, float) and math.isnan(c)) for c in ci):
-        return _pct(v)
-    return f"{_pct(v)} [{_pct(ci[0])}, {_pct(ci[1])}]"
+    return format_value("accuracy", v, ci)
 
 
 def _paper(table: dict[str, dict[str, float | None]], method: str, key: str) -> str:
@@ -403,8 +467,7 @@ def table_one_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "method": r.get("method", "unknown"),
             "clean acc [95% CI]": _ci_text(c["accuracy"], ci.get("accuracy")),
             "clean bal. acc [95% CI]": _ci_text(c["balanced_accuracy"], ci.get("balanced_accuracy")),
-            "AUROC [95% CI]": "–" if auroc is None or math.isnan(auroc) else (
-                f"{auroc:.3f}" + (f" [{au_ci[0]:.3f}, {au_ci[1]:.3f}]" if au_ci and not any(map(math.isnan, au_ci)) else "")),
+            "AUROC [95% CI]": format_value("auroc", auroc, au_ci),
             f"adversarial {norm.upper()} acc / bal.": _pair(s.get(f"pgd_{norm}")),
         }
         for noise, label in (("gaussian", "Gaussian"), ("salt_and_pepper", "S&P"), ("speckle", "Speckle")):
@@ -453,13 +516,11 @@ def _fitted(results: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dic
 
 
 def _num(v: float | None, digits: int = 2) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+    return format_number(v, decimals=digits)
 
 
 def _interval(v: float | None, ci: Sequence[float] | None, digits: int = 2) -> str:
-    if not ci or any(c is None or (isinstance(c, float) and math.isnan(c)) for c in ci):
-        return _num(v, digits)
-    return f"{_num(v, digits)} [{_num(ci[0], digits)}, {_num(ci[1], digits)}]"
+    return format_interval(v, ci, decimals=digits)
 
 
 def _temps(fits: dict[str, Any], key: str, digits: int) -> str:
@@ -552,7 +613,7 @@ def calibration_change_rows(results: Sequence[dict[str, Any]]) -> list[dict[str,
         row = {"model": r["name"]}
         for k, label in CALIBRATION_LABELS.items():
             row[label] = (f"{_num(c['raw'][k], 3)} → {_num(c['temperature_scaled'][k], 3)} "
-                          f"(change {_interval(c['change'][k], ci.get(f'change.{k}'), 3)})")
+                          f"(change {format_interval(c['change'][k], ci.get(f'change.{k}'), decimals=3, signed=True)})")
         rows.append(row)
     return rows
 
@@ -634,20 +695,20 @@ def clinical_reading(results: Sequence[dict[str, Any]]) -> list[str]:
     if n_test and "cv" in res[0]:
         per = ", ".join(f"{v} {k}" for k, v in npc.items())
         out.append(f"All numbers come from **{n_test} images** ({per}) of {res[0].get('n_patients', '?')} patients, "
-                   f"each predicted by the one of {res[0]['cv']['folds']} fold models that never saw its patient. "
+                   f"{test_set_text(res[0])}. "
                    "The 95 % intervals resample patients; where they overlap, the data do not tell the models apart.")
     elif n_test:
         per = ", ".join(f"{v} {k}" for k, v in npc.items())
-        out.append(f"All numbers come from **{n_test} held-out test images** ({per}) of patients the models never "
-                   "saw in training. With so few images the 95 % intervals are wide: differences of a few "
-                   "points between models are not evidence that one is better.")
+        out.append(f"All numbers come from **{n_test} images** ({per}): {test_set_text(res[0])}. With so few images "
+                   "the 95 % intervals are wide: differences of a few points between models are not evidence that one "
+                   "is better.")
     classes = list(res[0].get("classes") or ("non-COVID", "COVID-19"))
     k = len(classes)
     if npc:
         common = max(npc, key=npc.get)
         out.append(f"**Accuracy** counts how many images are classified correctly; because the test set holds more "
                    f"{common} than other images, a model that always says {common} scores high. **Balanced accuracy** "
-                   f"averages the hit rate of the {k} classes ({100 / k:.0f} % = guessing), so read it first.")
+                   f"averages the hit rate of the {k} classes, so read it first. " + chance_text(res))
     for r in bad:
         out.append(f"⚠ **{r['name']}** gives the same answer for {100 * r.get('majority_fraction', 1):.0f} % of "
                    "images. It does not tell patients apart, and its robustness numbers mean nothing.")

@@ -536,7 +536,7 @@ _COUNT_PHRASES: dict[str, str] = {
 }
 # Metrics on their own scale: (noun phrase with article, decimals, unit).
 _SCALE_PHRASES: dict[str, tuple[str, int, str]] = {
-    "auroc": ("an AUROC", 2, ""),
+    "auroc": ("an AUROC", 3, ""),
     "nll": ("an NLL", 3, " nats"),
     "brier": ("a Brier score", 3, ""),
     "entropy": ("a mean predictive entropy", 3, " nats"),
@@ -575,6 +575,10 @@ def describe_difference(
 ) -> str:
     """One sentence saying how model B differs from model A on one metric.
 
+    The numbers are written exactly as the tables write them (:func:`medrobust.intervals.format_difference`):
+    B − A, signed, with the interval in the same direction, so a reader can match the sentence to its
+    table row character for character. The words after the colon say what it means.
+
     Parameters
     ----------
     metric : str
@@ -586,18 +590,16 @@ def describe_difference(
         What to call model A (the reference) and model B.
     per : int, default 100
         Fractions of images (accuracy, sensitivity, specificity, positive rate,
-        balanced accuracy) are stated as counts out of ``per`` images.
+        balanced accuracy) are put into words as counts out of ``per`` images.
     level : float, default 0.95
-        The interval's coverage, as passed to :func:`paired_cluster_bootstrap`; only
-        used in the wording.
+        The interval's coverage, as passed to :func:`paired_cluster_bootstrap`; named in the
+        sentence only when it is not 95 %.
 
     Returns
     -------
     str
-        The difference and its interval, both stated in the direction of the
-        difference ("12 more ... (95 % CI 5 to 19)", "12 fewer ... (95 % CI 5 to 19)"),
-        so a negative interval end means the other direction. Prefixed by
-        ``"no clear difference: "`` when the interval includes 0.
+        ``"B − A = d [lo, hi]unit: meaning"``; the meaning is ``"no clear difference"`` when the
+        interval includes 0.
 
     Raises
     ------
@@ -609,14 +611,16 @@ def describe_difference(
     --------
     >>> r = {"a": 0.70, "b": 0.82, "difference": 0.12, "ci": [0.05, 0.19], "p_value": 0.002}
     >>> describe_difference("accuracy", r, a_name="standard", b_name="robust")
-    'robust keeps 12 more of 100 images correct than standard (95 % CI 5 to 19)'
-    >>> r = {"a": 0.86, "b": 0.90, "difference": 0.04, "ci": [-0.02, 0.10], "p_value": 0.2}
+    'robust − standard = +12.0 [+5.0, +19.0] pts: robust keeps 12 more of 100 images correct than standard'
+    >>> r = {"a": 0.86, "b": 0.84, "difference": -0.019, "ci": [-0.068, 0.034], "p_value": 0.4}
     >>> describe_difference("auroc", r, a_name="standard", b_name="robust")
-    'no clear difference: robust has an AUROC 0.04 higher than standard (95 % CI -0.02 to 0.10)'
+    'robust − standard = −0.019 [−0.068, +0.034]: no clear difference'
     >>> r = {"a": 0.90, "b": 0.85, "difference": -0.05, "ci": [-0.08, -0.02], "p_value": 0.004}
     >>> describe_difference("sensitivity", r, a_name="standard", b_name="robust")
-    'robust detects 5 fewer of 100 COVID-19 images than standard (95 % CI 2 to 8)'
+    'robust − standard = −5.0 [−8.0, −2.0] pts: robust detects 5 fewer of 100 COVID-19 images than standard'
     """
+    from medrobust.intervals import MINUS, format_difference, includes_zero
+
     if metric not in _NOUNS:
         raise ValueError(f"unknown metric {metric!r}; supported: {', '.join(_NOUNS)}")
     if isinstance(per, bool) or not isinstance(per, (int, np.integer)) or per < 1:
@@ -630,28 +634,18 @@ def describe_difference(
             f"'difference' and 'ci' = [lower, upper]; got {result!r}"
         ) from exc
     noun = _NOUNS[metric]
-    ci_label = f"{_fmt(100.0 * level, 1)} % CI"
     if math.isnan(diff) or math.isnan(lo) or math.isnan(hi):
         return f"no estimate: {noun} is undefined on these data, so {b_name} and {a_name} cannot be compared"
-
+    numbers = f"{b_name} {MINUS} {a_name} = {format_difference(metric, diff, (lo, hi))}"
+    if abs(level - 0.95) > 1e-9:
+        numbers += f" ({_fmt(100.0 * level, 1)} % CI)"
+    if includes_zero((lo, hi)):
+        return f"{numbers}: no clear difference"
     counted = metric in _COUNT_PHRASES
-    scale = per if counted else 1.0
-    decimals = None if counted else _SCALE_PHRASES[metric][1]
-    prefix = "no clear difference: " if lo <= 0.0 <= hi else ""
-    if diff == 0.0:
-        return (
-            f"{prefix}{b_name} and {a_name} have the same {noun} "
-            f"(difference 0, {ci_label} {_fmt(lo * scale, decimals)} to {_fmt(hi * scale, decimals)})"
-        )
-    sign = 1.0 if diff > 0.0 else -1.0
-    shown_lo, shown_hi = sorted((sign * lo * scale, sign * hi * scale))
-    x = _fmt(abs(diff) * scale, decimals)
-    interval = f"({ci_label} {_fmt(shown_lo, decimals)} to {_fmt(shown_hi, decimals)})"
     if counted:
-        phrase = _COUNT_PHRASES[metric].format(
-            x=x, dir="more" if diff > 0 else "fewer", per=per
-        )
-        return f"{prefix}{b_name} {phrase} than {a_name} {interval}"
-    article_noun, _, unit = _SCALE_PHRASES[metric]
+        phrase = _COUNT_PHRASES[metric].format(x=_fmt(abs(diff) * per, None), dir="more" if diff > 0 else "fewer",
+                                               per=per)
+        return f"{numbers}: {b_name} {phrase} than {a_name}"
+    article_noun, decimals, unit = _SCALE_PHRASES[metric]
     direction = "higher" if diff > 0 else "lower"
-    return f"{prefix}{b_name} has {article_noun} {x}{unit} {direction} than {a_name} {interval}"
+    return f"{numbers}: {b_name} has {article_noun} {_fmt(abs(diff), decimals)}{unit} {direction} than {a_name}"

@@ -17,8 +17,8 @@ ui.degenerate_warnings(results)
 
 st.subheader("Reliability diagrams")
 st.caption("Bars: accuracy of the images whose confidence falls in each bin; red: the gap to the diagonal "
-           "(above the bar = over-confident); below: how many images each bin holds. With two classes the "
-           "confidence is never below 0.5.")
+           "(above the bar = over-confident); below: how many images each bin holds. The confidence is the top class's "
+           f"probability, so it is never below 1/K = {report.chance_balanced_accuracy(results):.2f}.")
 cols = st.columns(2)
 for i, r in enumerate(results):
     with cols[i % 2]:
@@ -32,7 +32,7 @@ with right:
     st.subheader("Predictive entropy")
     st.plotly_chart(plots.entropy_figure(results), key="entropy")
     st.caption("Per-image entropy of the predicted probabilities (box; the dashed line inside is the mean). "
-               "Near 0 = always sure, ln 2 = always undecided.")
+               "Near 0 = always sure. " + report.entropy_text(results) + " At the bound the model is always undecided.")
 
 st.subheader("Table II")
 t2 = pd.DataFrame(report.drop_empty_paper_columns(report.table_two_rows(results)))

@@ -42,9 +42,8 @@ t1 = pd.DataFrame(report.drop_empty_paper_columns(report.table_one_rows(results)
 st.dataframe(t1, hide_index=True)
 st.caption(
     "Clean scores with 95 % confidence intervals from a bootstrap that resamples patients (result files written "
-    "before medrobust 0.2 resampled images). The PGD and noise cells are accuracy / balanced accuracy "
-    "averaged over eps 1–5 (L2, stated at 224 px and scaled to the model's size) "
-    "and over severities 0.1–1.0. Balanced accuracy 50 % is chance."
+    "before medrobust 0.2 resampled images). " + report.table_one_caption(results) + " "
+    + report.chance_text(results)
     + " The \"paper\" columns quote the paper's Table I (accuracy only; it reports no balanced accuracy); read "
     "them with the caveats below."
 )
@@ -73,8 +72,8 @@ st.subheader("Table II — calibration on clean test images")
 t2 = pd.DataFrame(report.drop_empty_paper_columns(report.table_two_rows(results)))
 st.dataframe(t2, hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="%.4f") for c in t2.columns if c not in ("model", "method")})
-st.caption("RMSCE (debiased) is Kumar et al.'s estimator clipped at 0; ECE uses 15 equal-width bins; entropy is "
-           "the mean predictive entropy (at most ln 2 ≈ 0.693 nats). Details on the Calibration page.")
+st.caption("RMSCE (debiased) is Kumar et al.'s estimator clipped at 0; ECE uses 15 equal-width bins. "
+           + report.entropy_text(results) + " Details on the Calibration page.")
 
 overview.decision_section(results)
 
@@ -97,7 +96,8 @@ with st.expander("Evaluation parameters"):
         st.markdown(f"**{r['name']}** ({r.get('method')}) — {r.get('n_test')} test images at {r.get('image_size')} px; "
                     f"attacks {'+'.join(p.get('attacks', ['pgd']))} {p.get('norm')} {p.get('pgd_steps')} steps, "
                     f"{p.get('restarts')} PGD start(s); "
-                    f"{p.get('n_boot')} bootstrap resamples; seed {p.get('seed')}; split {r.get('split_hash')}.")
+                    f"{p.get('n_boot')} bootstrap resamples; seed {p.get('seed')}; test images: {report.test_set_text(r)}"
+                    + (f" (split {r['split_hash']})" if r.get("split_hash") else "") + ".")
 
 c1, c2 = st.columns(2)
 c1.download_button("Download results (CSV, parameters included)", lambda: resultsets.results_csv(results),

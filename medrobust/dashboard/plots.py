@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from medrobust.metrics import predictive_entropy
+from medrobust import report
 from medrobust.report import METRIC_LABELS
 from medrobust.dashboard.palette import colour_for, rgba
 
@@ -56,10 +57,11 @@ def robustness_curves(results: Sequence[dict[str, Any]], *, metric: str = "balan
                       height: int | None = None) -> go.Figure:
     """``metric`` (accuracy, balanced accuracy or AUROC) against PGD eps and each corruption's severity in
     ``suite`` ("paper": the paper's noises at 0.1-1.0; "clinical": nine corruptions at levels 1-5), with
-    95 % CI error bars; x = 0 is the clean score. Chance (0.5) is dotted for balanced accuracy and AUROC."""
+    95 % CI error bars; x = 0 is the clean score. Chance is dotted: 1/K for balanced accuracy, 0.5 for AUROC."""
     if metric not in METRIC_TITLES:
         raise ValueError(f"Unknown metric {metric!r}; choose one of {', '.join(METRIC_TITLES)}.")
     cols = _suite_columns(results, suite)
+    chance = report.chance_balanced_accuracy(results) if metric == "balanced_accuracy" else 0.5
     ncols = min(5, len(cols))
     nrows = -(-len(cols) // ncols)
     fig = make_subplots(rows=nrows, cols=ncols, shared_yaxes=True, horizontal_spacing=0.03, vertical_spacing=0.16,
@@ -89,7 +91,7 @@ def robustness_curves(results: Sequence[dict[str, Any]], *, metric: str = "balan
         fig.update_xaxes(title_text="eps" if i == 0 else ("level" if suite == "clinical" else "severity"),
                          row=row + 1, col=col + 1)
         if metric != "accuracy":
-            fig.add_hline(y=0.5, line=dict(color="#999", width=1, dash="dot"), row=row + 1, col=col + 1)
+            fig.add_hline(y=chance, line=dict(color="#999", width=1, dash="dot"), row=row + 1, col=col + 1)
     fig.update_layout(height=height or 320 * nrows + 80, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", y=-0.12), hovermode="closest")
     return fig

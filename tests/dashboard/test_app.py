@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import io
+import json
 import os
+import re
 import struct
 import tempfile
 import time
@@ -26,6 +26,7 @@ from dashboard_fixtures import (  # noqa: F401 - fixtures
     tiny_checkpoints,
     xray_like,
 )
+from medrobust import report
 from medrobust.dashboard.stress import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,6 +168,31 @@ def test_overview_leads_with_the_cross_validation_and_switches_suite_and_metric(
     at.switch_page("views/overview.py").run()
     assert at.selectbox(key="overview_set").value == first
     assert "Cross-validated results" in _texts(at)
+
+
+def test_overview_sentences_state_the_numbers_of_the_table_rows_they_describe(cv_checkpoints, monkeypatch, tmp_path):
+    """Each plain sentence's "B − A = d [lo, hi]" is, character for character, the paired table's cell for the same
+    models, condition and metric (one formatter, one direction); p-values are never "0.000"."""
+    monkeypatch.setenv("MEDROBUST_CHECKPOINTS", str(cv_checkpoints))
+    monkeypatch.setenv("MEDROBUST_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("MEDROBUST_RUNS", str(tmp_path / "runs"))
+    at = _app()
+    _no_exception(at)
+    md = [str(m.value) for m in at.markdown]
+    cells, metric = {}, None
+    for block in md:
+        if block.startswith("**") and block.endswith("**") and block.strip("*") in report.METRIC_LABELS.values():
+            metric = block.strip("*")
+        elif block.startswith("| B − A |") and metric:
+            for line in block.splitlines()[2:]:
+                pair, cond, diff, p, _ = (c.strip() for c in line.strip("|").split("|"))
+                cells[(metric, pair, cond)] = diff
+                assert p != "0.000" and (p == "< 0.001" or float(p) >= 0.001), line
+    sentence = re.compile(r"\*\*(?P<cond>[^*]+)\*\*, (?P<metric>[^:]+): (?P<pair>\S+ − \S+) = (?P<diff>[^:]+): ")
+    found = [m for block in md for line in block.splitlines() if (m := sentence.search(line))]
+    assert len(found) >= 3, md
+    for m in found:
+        assert cells[(m["metric"], m["pair"], m["cond"])] == m["diff"], m.group(0)
 
 
 def test_downloads_page(dashboard_env):

@@ -431,25 +431,28 @@ def r(diff: float, lo: float, hi: float) -> dict:
     ("metric", "result", "kwargs", "expected"),
     [
         ("accuracy", r(0.12, 0.05, 0.19), {},
-         "robust keeps 12 more of 100 images correct than standard (95 % CI 5 to 19)"),
+         "robust − standard = +12.0 [+5.0, +19.0] pts: robust keeps 12 more of 100 images correct than standard"),
         ("accuracy", r(-0.12, -0.19, -0.05), {},
-         "robust keeps 12 fewer of 100 images correct than standard (95 % CI 5 to 19)"),
-        ("accuracy", r(0.034, -0.021, 0.09), {},
-         "no clear difference: robust keeps 3.4 more of 100 images correct than standard (95 % CI -2.1 to 9)"),
+         "robust − standard = −12.0 [−19.0, −5.0] pts: robust keeps 12 fewer of 100 images correct than standard"),
+        # the case: the sentence's interval is the table's, in the same direction
+        ("accuracy", r(-0.002, -0.035, 0.033), {},
+         "robust − standard = −0.2 [−3.5, +3.3] pts: no clear difference"),
         ("accuracy", r(0.0123, 0.004, 0.021), {"per": 1000},
-         "robust keeps 12 more of 1000 images correct than standard (95 % CI 4 to 21)"),
+         "robust − standard = +1.2 [+0.4, +2.1] pts: robust keeps 12 more of 1000 images correct than standard"),
         ("accuracy", r(0.12, 0.07, 0.17), {"level": 0.9},
-         "robust keeps 12 more of 100 images correct than standard (90 % CI 7 to 17)"),
-        ("auroc", r(0.04, -0.02, 0.10), {},
-         "no clear difference: robust has an AUROC 0.04 higher than standard (95 % CI -0.02 to 0.10)"),
+         "robust − standard = +12.0 [+7.0, +17.0] pts (90 % CI): robust keeps 12 more of 100 images correct than "
+         "standard"),
+        ("auroc", r(-0.019, -0.068, 0.034), {},
+         "robust − standard = −0.019 [−0.068, +0.034]: no clear difference"),
         ("auroc", r(-0.06, -0.1, -0.02), {},
-         "robust has an AUROC 0.06 lower than standard (95 % CI 0.02 to 0.10)"),
+         "robust − standard = −0.060 [−0.100, −0.020]: robust has an AUROC 0.060 lower than standard"),
         ("nll", r(-0.1234, -0.2, -0.05), {},
-         "robust has an NLL 0.123 nats lower than standard (95 % CI 0.050 to 0.200)"),
+         "robust − standard = −0.123 [−0.200, −0.050] nats: robust has an NLL 0.123 nats lower than standard"),
         ("specificity", r(0.2, 0.1, 0.3), {},
-         "robust correctly clears 20 more of 100 non-COVID images than standard (95 % CI 10 to 30)"),
+         "robust − standard = +20.0 [+10.0, +30.0] pts: robust correctly clears 20 more of 100 non-COVID images "
+         "than standard"),
         ("accuracy", r(0.0, 0.0, 0.0), {},
-         "no clear difference: robust and standard have the same accuracy (difference 0, 95 % CI 0 to 0)"),
+         "robust − standard = +0.0 [+0.0, +0.0] pts: no clear difference"),
         ("sensitivity", r(float("nan"), float("nan"), float("nan")), {},
          "no estimate: sensitivity is undefined on these data, so robust and standard cannot be compared"),
     ],
@@ -463,9 +466,9 @@ def test_describe_difference_covers_every_metric_of_a_real_result() -> None:
     res = paired_cluster_bootstrap(labels=y, probs_a=p_a, probs_b=p_b, groups=g, metrics=ALL, n_boot=200)
     for name in ALL:
         text = describe_difference(name, res[name], a_name="ERM", b_name="PGD-AT")
-        assert "ERM" in text and "PGD-AT" in text and "95 % CI" in text, text
+        assert text.startswith("PGD-AT − ERM = "), text
     text = describe_difference("accuracy", res["accuracy"], a_name="ERM", b_name="PGD-AT")
-    assert text.startswith("PGD-AT keeps") and "more of 100 images correct" in text
+    assert ": PGD-AT keeps" in text and "more of 100 images correct" in text
 
 
 def test_describe_difference_errors() -> None:
