@@ -682,6 +682,69 @@ def table_attack_checks(results: Sequence[dict[str, Any]]) -> str:
     return _markdown(rows)
 
 
+def at_a_glance(results: Sequence[dict[str, Any]], *, claims: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The Overview's opening: at most five short Markdown lines, each number with its interval.
+
+    What was tested and on how many images and patients; the best clean balanced accuracy against chance;
+    who keeps most under the smallest-but-one attack radius; the best calibrated model; and how the paper's
+    claims came out (``claims`` from :func:`medrobust.claims.decide_claims`, when decided).
+    """
+    res = _sorted(results)
+    if not res:
+        return []
+    first = res[0]
+    where = (f"{first['cv']['folds']}-fold cross-validation, pooled" if "cv" in first else "one held-out split")
+    patients = f" of {first['n_patients']} patients" if first.get("n_patients") else ""
+    out = [f"**{len(res)} model(s)** on **{first.get('n_test', '?')} test images{patients}** ({where})."]
+    usable = [r for r in res if not r.get("degenerate")]
+    if usable:
+        best = max(usable, key=lambda r: r["clean"]["balanced_accuracy"])
+        c = best["clean"]
+        out.append(f"Best on clean images: **{best['name']}**, balanced accuracy "
+                   f"{format_value('balanced_accuracy', c['balanced_accuracy'], c.get('ci', {}).get('balanced_accuracy'))} % "
+                   f"(chance {100 * chance_balanced_accuracy(res):.0f} %), AUROC "
+                   f"{format_value('auroc', c.get('auroc'), c.get('ci', {}).get('auroc'))}.")
+        norm = first.get("params", {}).get("norm", "l2")
+        eps = _severities(usable, (f"pgd_{norm}",))
+        if eps:
+            e = eps[1] if len(eps) > 1 else eps[0]
+            cells = []
+            for r in usable:
+                row = next((x for x in r["rows"] if x["perturbation"] == f"pgd_{norm}" and x["severity"] == e), None)
+                if row:
+                    cells.append(f"{r['name']} {format_value('balanced_accuracy', row['balanced_accuracy'])} %")
+            out.append(f"Under attack (PGD, eps {e:g}, invisible to the eye): balanced accuracy " + ", ".join(cells) + ".")
+        cal = min(usable, key=lambda r: r["calibration"]["rmsce"])
+        out.append(f"Best calibrated: **{cal['name']}** (RMSCE {format_value('rmsce', cal['calibration']['rmsce'])}).")
+    else:
+        out.append("No model here separates the classes: none of its numbers support a conclusion.")
+    if claims:
+        counts: dict[str, int] = {}
+        for d in claims:
+            counts[d["verdict"]] = counts.get(d["verdict"], 0) + 1
+        out.append("The paper's claims on this set: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
+    return out
+
+
+def _noise_reading(usable: Sequence[dict[str, Any]]) -> list[str]:
+    """One bullet on random noise, in the units a reader can picture (the clinical suite's level 2 when run)."""
+    from medrobust.clinical_scale import level_meaning
+
+    def cells(perturbation: str, severity: float) -> list[str]:
+        return [f"{r['name']} {format_value('balanced_accuracy', x['balanced_accuracy'])} %" for r in usable
+                for x in r["rows"] if x["perturbation"] == perturbation and abs(x["severity"] - severity) < 1e-9]
+
+    clinical = cells("clinical/gaussian_noise", 2)
+    if clinical:
+        return [f"Random noise of the kind a noisy or low-dose detector adds (clinical Gaussian noise, level 2 of 5: "
+                f"{level_meaning('gaussian_noise', 2)}) gives balanced accuracy {', '.join(clinical)}."]
+    paper_scale = cells("gaussian", 0.1)
+    if paper_scale:
+        return ["The paper's weakest Gaussian noise (variance 0.1: σ 0.32, about 81 of 255 grey levels, far more than "
+                f"any detector adds) gives balanced accuracy {', '.join(paper_scale)}."]
+    return []
+
+
 def clinical_reading(results: Sequence[dict[str, Any]]) -> list[str]:
     """A short, plain-language reading of the results for a clinician (Markdown bullet texts)."""
     if not results:
@@ -735,14 +798,7 @@ def clinical_reading(results: Sequence[dict[str, Any]]) -> list[str]:
             out.append(f"A deliberate change of the pixels too small to see (PGD, eps {drops[0][1]['severity']:g}) "
                        f"moves balanced accuracy to: {', '.join(parts)}. Such attacks need access to the model; "
                        "they show how fragile the decision is, not how often it fails in a clinic.")
-        noise = []
-        for r in usable:
-            g = [x for x in r["rows"] if x["perturbation"] == "gaussian" and abs(x["severity"] - 0.1) < 1e-9]
-            if g:
-                noise.append(f"{r['name']} {100 * g[0]['balanced_accuracy']:.0f} %")
-        if noise:
-            out.append("Random noise of the kind a poor detector adds (Gaussian, severity 0.1) gives balanced "
-                       f"accuracy {', '.join(noise)}.")
+        out += _noise_reading(usable)
         cal = min(usable, key=lambda r: r["calibration"]["ece"])
         out.append(f"**Calibration**: when a model says “90 % sure” it should be right 9 times in 10. The best "
                    f"calibrated model here is {cal['name']} (expected calibration error "

@@ -136,6 +136,10 @@ def test_overview_leads_with_the_cross_validation_and_switches_suite_and_metric(
     _no_exception(at)
     text = _texts(at)
     assert "Cross-validated results" in text and "40 images of 20 patients" in text
+    # The page opens with a short summary; the rest sits in sections a reader can skip.
+    glance = str(at.markdown[0].value)
+    assert glance.startswith("#### At a glance") and len(glance.splitlines()) <= 6 and "chance 50 %" in glance
+    assert [t.label for t in at.tabs][:2] == ["Claims and reading", "Robustness"]
     heads = [h.value for h in at.subheader]
     assert heads[0].startswith("Cross-validated results") and any(h.startswith("Table I") for h in heads[1:])
     assert "Is a method better than standard?" in text and "cv-robust" in text and "cv-standard" in text

@@ -101,3 +101,28 @@ def test_the_curves_draw_chance_at_one_over_k_for_balanced_accuracy(k):
     assert lines == {round(1 / k, 3)}
     lines = {round(s["y0"], 3) for s in plots.robustness_curves([r], metric="auroc").layout.shapes}
     assert lines == {0.5}
+
+
+def test_noise_is_described_in_grey_levels_on_the_scale_that_was_run():
+    r = _result(clean={"accuracy": 0.6, "balanced_accuracy": 0.5, "auroc": 0.6, "sensitivity": 0.7, "specificity": 0.3},
+                calibration={"ece": 0.1, "rmsce": 0.1})
+    paper_only = " ".join(report.clinical_reading([r]))
+    assert "poor detector" not in paper_only and "81 of 255 grey levels" in paper_only
+    r["rows"].append({"suite": "clinical", "perturbation": "clinical/gaussian_noise", "severity": 2,
+                      "accuracy": 0.6, "balanced_accuracy": 0.55, "auroc": 0.6})
+    clinical = " ".join(report.clinical_reading([r]))
+    assert "level 2 of 5: σ 0.08 (about 20 of 255 grey levels)" in clinical and "55.0 %" in clinical
+
+
+def test_at_a_glance_is_short_and_carries_intervals():
+    r = _result(n_test=100, n_patients=80, split_hash="x",
+                clean={"accuracy": 0.6, "balanced_accuracy": 0.55, "auroc": 0.61,
+                       "ci": {"balanced_accuracy": [0.5, 0.6], "auroc": [0.55, 0.67]}},
+                calibration={"ece": 0.1, "rmsce": 0.1})
+    lines = report.at_a_glance([r], claims=[{"verdict": "undecided"}, {"verdict": "confirmed"},
+                                            {"verdict": "undecided"}])
+    assert len(lines) <= 5
+    assert "100 test images of 80 patients" in lines[0]
+    assert "55.0 [50.0, 60.0] %" in lines[1] and "chance 50 %" in lines[1] and "0.610 [0.550, 0.670]" in lines[1]
+    assert "eps 2" in lines[2]
+    assert lines[-1] == "The paper's claims on this set: 2 undecided, 1 confirmed."
