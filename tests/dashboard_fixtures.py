@@ -128,15 +128,54 @@ def dicom_bytes(arr: np.ndarray, *, monochrome1: bool = False, with_pixels: bool
 
 
 def compressed_dicom_bytes(arr: np.ndarray) -> bytes:
-    """A DICOM whose pixel data claim JPEG 2000 (encapsulated, undecodable here)."""
+    """A DICOM in a compressed transfer syntax medrobust does not decode: a real progressive JPEG, under
+    JPEG Full Progression (Process 10 and 12), a retired syntax for which pydicom has no decoder."""
     import pydicom
+    from PIL import Image
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEG2000Lossless
 
     ds = pydicom.dcmread(io.BytesIO(dicom_bytes(arr)))
-    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64])
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.55"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    jpeg = io.BytesIO()
+    Image.fromarray((arr * 255).round().astype(np.uint8)).save(jpeg, format="JPEG", progressive=True)
+    ds.PixelData = encapsulate([jpeg.getvalue()])
     ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def encoded_dicom_bytes(arr: np.ndarray, transfer_syntax: str, *, monochrome1: bool = False,
+                        patient_name: str = "Doe^Jane") -> bytes:
+    """:func:`dicom_bytes` (12-bit; 8-bit for JPEG baseline) compressed in ``transfer_syntax``: pydicom's encoders
+    (RLE, JPEG-LS, JPEG 2000, JPEG 2000 lossy at 50 dB), Pillow (JPEG baseline) or, for JPEG lossless (SV1) and
+    extended, the test encoders in ``jpeg_codec``."""
+    import pydicom
+    from PIL import Image
+    from pydicom import uid
+    from pydicom.encaps import encapsulate
+
+    from jpeg_codec import encode_dct, encode_lossless
+
+    def baseline() -> bytes:
+        out = io.BytesIO()
+        Image.fromarray((arr * 255).round().astype(np.uint8)).save(out, format="JPEG", quality=95)
+        return out.getvalue()
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(arr, monochrome1=monochrome1, patient_name=patient_name)))
+    pix = (arr * 4095).round().astype(np.uint16)
+    hand_made = {uid.JPEGLosslessSV1: lambda: encode_lossless(pix, precision=12),
+                 uid.JPEGExtended12Bit: lambda: encode_dct(pix, precision=12, q=2), uid.JPEGBaseline8Bit: baseline}
+    if transfer_syntax == uid.JPEGBaseline8Bit:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    if transfer_syntax in hand_made:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+        ds.PixelData = encapsulate([hand_made[transfer_syntax]()])
+        ds["PixelData"].VR = "OB"
+    else:
+        kwargs = {uid.JPEG2000: {"j2k_psnr": [50]}, uid.JPEGLSNearLossless: {"jls_error": 2}}.get(transfer_syntax, {})
+        ds.compress(transfer_syntax, pix, **kwargs)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
