@@ -11,6 +11,8 @@ reload of e.g. /training ran a page without app.py (no navigation, no page confi
 test's script is views/stress_lab.py: a name ending in _test.py would be collected by pytest.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from medrobust.dashboard import ui
@@ -18,7 +20,11 @@ from medrobust.dashboard.hosting import finish_sessions_on_shutdown, keep_upload
 
 keep_uploads_in_memory()  # uploads never touch /tmp (Starlette would spool files over 1 MB there)
 finish_sessions_on_shutdown()  # docker stop under load: no SIGSEGV from a thread inside a torch kernel
-st.set_page_config(page_title="medrobust — chest X-ray robustness", page_icon=":material/radiology:", layout="wide")
+# The favicon is a local SVG, which Streamlit inlines as a data: URI. A ":material/…:" page icon would make every
+# browser fetch the icon from fonts.gstatic.com on each page load: a page served inside a hospital makes no request
+# beyond its own origin (tests/system/test_browser.py records every request of a full visit).
+FAVICON = Path(ui.__file__).with_name("favicon.svg")
+st.set_page_config(page_title="medrobust — chest X-ray robustness", page_icon=str(FAVICON), layout="wide")
 
 PAGES = [
     st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),

@@ -18,7 +18,11 @@ non-COVID images (Zech et al., PLoS Med 2018; DeGrave, Janizek & Lee, Nat Mach I
   that produced them.
 
 Every decision rule lives in :data:`THRESHOLDS`; every result is JSON-serialisable
-(undefined values are ``None``, never nan).
+(undefined values are ``None``, never nan). The words live in :mod:`medrobust.audit_text`
+(torch-free, so the dashboard and the report re-read stored results with them): one
+function, :func:`~medrobust.audit_text.lung_reading`, decides "reads the lungs / something
+else / undecided", every verdict sets the blanked value beside the clean one, and facts
+about the test set are stated once.
 
 Mask geometry
 -------------
@@ -54,13 +58,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
+from medrobust.audit_text import THRESHOLDS, AuditThresholds, LungReading, lung_reading, source_warning
+from medrobust.audit_text import verdicts as _verdicts
 from medrobust.metrics import bootstrap_ci, classification_metrics
 from medrobust.stats import cluster_bootstrap_ci
 
@@ -70,11 +76,13 @@ __all__ = [
     "FILL",
     "THRESHOLDS",
     "AuditThresholds",
+    "LungReading",
     "blank",
     "border_mask",
     "cam_mass",
     "central_field_mask",
     "cramers_v",
+    "lung_reading",
     "masking_test",
     "run_audit",
     "source_label_table",
@@ -88,57 +96,6 @@ BORDER_WIDTH = 0.12
 
 FILL = 0.5
 """Constant grey value that :func:`blank` writes into masked pixels by default."""
-
-
-@dataclass(frozen=True)
-class AuditThresholds:
-    """Every decision rule of the audit in one place.
-
-    Attributes
-    ----------
-    source_v : float, default 0.5
-        :func:`source_label_table` warns when the bias-corrected Cramér's V between
-        source and label is at least this. 0.5 is the conventional "large" association
-        (Cohen's 0.1 / 0.3 / 0.5 for one degree of freedom).
-    source_bacc : float, default 0.75
-        ... or when guessing each image's label as its source's majority label
-        (leave-one-out, see :func:`source_label_table`) reaches this balanced accuracy:
-        three in four right on balanced classes, from the source alone, is already a
-        model that looks like it works.
-    lungs_auroc : float, default 0.65
-        :func:`masking_test` flags ``reads_outside_lungs`` when, with the central field
-        blanked, AUROC is at least this ...
-    lungs_bacc_margin : float, default 0.15
-        ... or balanced accuracy is at least chance (``1/K``) plus this; in either case
-        the interval of that metric must also lie wholly above chance (lower bound
-        > 0.5 for AUROC, > ``1/K`` for balanced accuracy). The point threshold asks for
-        a separation large enough to matter (AUROC 0.65 is a weak but real classifier);
-        the interval asks that it is not noise from a small test set. The interval
-        condition is skipped only when no interval could be computed.
-    border_drop : float, default 0.10
-        :func:`masking_test` flags ``depends_on_border`` when blanking only the border
-        lowers balanced accuracy or AUROC by at least this, on the same images. The
-        border holds no anatomy a diagnosis needs, so a model reading the lungs should
-        lose almost nothing; ten points is far beyond the noise of the blanking itself.
-    cam_margin : float, default 0.02
-        :func:`cam_mass` calls the Grad-CAM mass inside the central field below
-        (above) uniform when it is smaller (larger) than the field's area fraction by
-        more than this; within it, the CAM shows no preference either way.
-    ci_level : float, default 0.95
-        Coverage of the bootstrap intervals.
-    """
-
-    source_v: float = 0.5
-    source_bacc: float = 0.75
-    lungs_auroc: float = 0.65
-    lungs_bacc_margin: float = 0.15
-    border_drop: float = 0.10
-    cam_margin: float = 0.02
-    ci_level: float = 0.95
-
-
-THRESHOLDS = AuditThresholds()
-"""The thresholds every function here uses; reported in each result's ``config``."""
 
 _CHANCE_AUROC = 0.5
 _METRICS = ("balanced_accuracy", "auroc")
@@ -335,16 +292,6 @@ def _intervals(
     return {k: [_nan_to_none(float(ci[k][0])), _nan_to_none(float(ci[k][1]))] for k in _METRICS}
 
 
-def _fmt(x: float | None, decimals: int = 2) -> str:
-    return "undefined" if x is None or not math.isfinite(x) else f"{x:.{decimals}f}"
-
-
-def _fmt_ci(ci: Sequence[float | None] | None) -> str:
-    if ci is None or ci[0] is None or ci[1] is None:
-        return ""
-    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
 # --------------------------------------------------------------------------- (a) source table
 
 
@@ -462,7 +409,7 @@ def source_label_table(
     ([[0, 3], [3, 0]], 1.0, 1.0)
     >>> print(t["warning"])  # doctest: +NORMALIZE_WHITESPACE
     The source (site/collection) alone predicts the label (Cramér's V 1.00, bias-corrected;
-    guessing each source's majority label gives balanced accuracy 1.00): a model can score
+    guessing each source's majority label gives balanced accuracy 100.0 %): a model can score
     well by recognising the hospital rather than the disease.
 
     Both hospitals send both classes in equal measure:
@@ -509,14 +456,7 @@ def source_label_table(
     bacc_loo = _macro_recall(y, loo_pred)
 
     warn = v["v_corrected"] >= THRESHOLDS.source_v or bacc_loo >= THRESHOLDS.source_bacc
-    warning = (
-        "The source (site/collection) alone predicts the label "
-        f"(Cramér's V {v['v_corrected']:.2f}, bias-corrected; guessing each source's majority "
-        f"label gives balanced accuracy {bacc_loo:.2f}): a model can score well by "
-        "recognising the hospital rather than the disease."
-        if warn
-        else None
-    )
+    warning = source_warning(v_corrected=v["v_corrected"], bacc_loo=bacc_loo) if warn else None
     return _jsonable(
         {
             "sources": names,
@@ -948,117 +888,6 @@ def cam_mass(
 # --------------------------------------------------------------------------- (d) combined
 
 
-def _verdicts(
-    masking: Mapping[str, Any], sources: Mapping[str, Any] | None, cam: Mapping[str, Any] | None
-) -> list[str]:
-    out: list[str] = []
-    chance = masking["chance"]
-    cond = masking["conditions"]
-
-    if sources is None:
-        out.append(
-            "No source (site/collection) was given for the images, so whether the hospital "
-            "alone gives the label away was not checked."
-        )
-    elif sources["warning"]:
-        out.append(sources["warning"])
-    else:
-        out.append(
-            f"The source (site/collection) does not predict the label on its own (Cramér's V "
-            f"{sources['cramers_v_corrected']:.2f}, bias-corrected): no sign of a hospital "
-            "shortcut in the data."
-        )
-
-    clean = cond["clean"]
-    cci = clean["ci"] or {}
-    clean_auc_ci = cci.get("auroc")
-    if clean["auroc"] is None or (
-        clean_auc_ci is not None and clean_auc_ci[0] is not None and clean_auc_ci[0] <= chance["auroc"]
-    ):
-        out.append(
-            f"On the unaltered images the model does not clearly separate the classes (AUROC "
-            f"{_fmt(clean['auroc'])}{_fmt_ci(clean_auc_ci)}, chance 0.5), so the blanking tests "
-            "below say little."
-        )
-
-    lungs = cond["lungs_blanked"]
-    lci = lungs["ci"] or {}
-    auc = f"AUROC {_fmt(lungs['auroc'])}{_fmt_ci(lci.get('auroc'))}, chance 0.5"
-    bacc = (
-        f"balanced accuracy {_fmt(lungs['balanced_accuracy'])}{_fmt_ci(lci.get('balanced_accuracy'))}, "
-        f"chance {_fmt(chance['balanced_accuracy'])}"
-    )
-    auc_lo, auc_hi = lci.get("auroc") or [None, None]
-    if masking["reads_outside_lungs"]:
-        out.append(
-            f"With the central lung field blanked the model still separates the classes ({auc}; "
-            f"{bacc}): it is reading something other than the lungs."
-        )
-    elif lungs["auroc"] is not None and auc_lo is not None and auc_lo > chance["auroc"]:
-        out.append(
-            f"With the central lung field blanked the model keeps a little ability to separate "
-            f"the classes ({auc}), below the {THRESHOLDS.lungs_auroc:.2f} counted as clear: weak "
-            "evidence that it also reads outside the lungs."
-        )
-    elif auc_hi is not None and auc_hi < chance["auroc"]:
-        out.append(
-            f"With the central lung field blanked the model ranks the classes the wrong way round "
-            f"({auc}): it no longer works without the lungs, though the blanking shifts its output."
-        )
-    else:
-        out.append(
-            f"With the lungs blanked the model falls to chance ({auc}): no sign that it reads "
-            "outside the lungs."
-        )
-
-    border = cond["border_blanked"]
-    width = masking["config"]["border"]["width"]
-    drop = masking["border_drop"]["balanced_accuracy"]
-    where = (
-        f"the outer border ({100 * width:.0f} % of each side, where text, markers and "
-        "collimation edges are)"
-    )
-    change = (
-        f"balanced accuracy {_fmt(clean['balanced_accuracy'])} → {_fmt(border['balanced_accuracy'])}, "
-        f"AUROC {_fmt(clean['auroc'])} → {_fmt(border['auroc'])}"
-    )
-    if masking["depends_on_border"]:
-        out.append(
-            f"Blanking only {where} costs the model a large drop ({change}): it depends on the "
-            "image border."
-        )
-    elif drop is not None:
-        out.append(
-            f"Blanking only {where} costs the model less than {THRESHOLDS.border_drop:.2f} "
-            f"({change}): no sign that it depends on text or markers at the edge."
-        )
-
-    if cam is not None and "error" not in cam and cam.get("mass_fraction_inside") is not None:
-        inside, area = cam["mass_fraction_inside"], cam["area_fraction"]
-        head = (
-            f"Grad-CAM puts on average {100 * inside:.0f} % of its mass in the central lung field, "
-            f"which covers {100 * area:.0f} % of the image"
-        )
-        if cam["below_uniform"]:
-            out.append(
-                f"{head}: less than attention spread evenly would give, so its attention is not "
-                "on the lungs."
-            )
-        elif not cam["above_uniform"]:
-            out.append(
-                f"{head}: about what attention spread evenly would give, so Grad-CAM shows no "
-                "preference for the lungs."
-            )
-        else:
-            out.append(
-                f"{head}: {inside / area:.1f} times what attention spread evenly would give, "
-                "consistent with looking at the lungs (Grad-CAM is coarse; supporting evidence only)."
-            )
-    elif cam is not None and "error" in cam:
-        out.append(f"Grad-CAM could not be computed for this model ({cam['error']}).")
-    return out
-
-
 def run_audit(
     *,
     model: torch.nn.Module,
@@ -1103,7 +932,11 @@ def run_audit(
         :func:`cam_mass`'s result, ``{"error": ...}`` or None; ``flags``:
         ``source_predicts_label`` (None without sources), ``reads_outside_lungs``,
         ``depends_on_border``, ``cam_below_uniform`` (None without a CAM);
-        ``verdicts``: list of plain-language sentences for a clinician; ``config``: mask
+        ``lung_reading``: ``{"conclusion": "lungs" | "elsewhere" | "undecided", "reason":
+        ...}`` from :func:`medrobust.audit_text.lung_reading`; ``verdicts``: list of
+        plain-language sentences for a clinician (:func:`medrobust.audit_text.verdicts`:
+        the test set's sentence, then the model's, each blanked score beside the clean one,
+        every remark on the lungs following ``lung_reading``); ``config``: mask
         geometry, fill rule, thresholds, bootstrap and CAM settings. Everything is
         JSON-serialisable (``json.dumps(..., allow_nan=False)`` works).
 
@@ -1142,6 +975,7 @@ def run_audit(
         sources_given=sources is not None,
         groups_given=groups is not None,
     )
+    reading = lung_reading(masking, cam)
     flags = {
         "source_predicts_label": None if table is None else table["warning"] is not None,
         "reads_outside_lungs": masking["reads_outside_lungs"],
@@ -1156,6 +990,7 @@ def run_audit(
             "masking": masking,
             "cam": cam,
             "flags": flags,
+            "lung_reading": {"conclusion": reading.conclusion, "reason": reading.reason},
             "verdicts": _verdicts(masking, table, cam),
             "config": config,
         }

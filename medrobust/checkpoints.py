@@ -68,10 +68,19 @@ def model_tensors(model: torch.nn.Module, *, dtype: torch.dtype = torch.float32)
 SPEC_KEYS = ("arch", "num_classes", "in_channels", "mean", "std")
 #: Suffixes of pickled PyTorch files, refused by :func:`import_model` before anything is read.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
-_CONVERT_HINT = ("convert it once, on a machine where you trust the file: python -c \"import torch; "
-                 "from safetensors.torch import save_file; save_file(torch.load('model.pth', weights_only=True), "
-                 "'model.safetensors')\" (a checkpoint dict may need ['state_dict'] after torch.load(...)), "
-                 "then import model.safetensors.")
+_IMPORT_NEXT = ("then make it evaluable with python -m medrobust import-model {dest} --arch ARCH --classes A,B "
+                "--image-size SIZE, and evaluate the checkpoint that writes.")
+
+
+def _convert_hint(path: Path, *, then: str = "then import {dest}.") -> str:
+    """The one-line command that converts the user's pickled ``path`` to ``<path without suffix>.safetensors``."""
+    src = str(path) if not set("'\"\\$`") & set(str(path)) else path.name
+    dest = Path(src).with_suffix(".safetensors")
+    dest = str(dest if str(dest) != src else dest.with_name(f"{dest.stem}-converted.safetensors"))
+    return ("convert it once, on a machine where you trust the file: python -c \"import torch; "
+            f"from safetensors.torch import save_file; save_file(torch.load('{src}', weights_only=True), "
+            f"'{dest}')\" (a checkpoint dict may need ['state_dict'] after torch.load(...)), "
+            + then.format(dest=dest))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
@@ -154,7 +163,10 @@ def read_card(path: str | Path) -> dict[str, Any]:
     """The JSON card of a checkpoint (``path`` may be the weights or the card)."""
     cp = card_path(path)
     if not cp.is_file():
-        raise CheckpointError(f"{cp} is missing: every checkpoint needs its JSON card beside it.")
+        raise CheckpointError(f"{cp} is missing: every checkpoint needs its JSON card beside it (for weights "
+                              f"medrobust did not train, write one with python -m medrobust import-model "
+                              f"{card_path(path).with_suffix('.safetensors')} --arch ARCH --classes A,B "
+                              "--image-size SIZE).")
     try:
         return json.loads(cp.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -186,6 +198,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", ver
         path = path.with_suffix(".safetensors")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
+    _check_weights_file(path, then=_IMPORT_NEXT)  # a pickle is refused before its (absent) card is looked for
     card = read_card(path)
     if verify:
         digest = sha256_file(path)
@@ -214,8 +227,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", ver
 
 # ----------------------------------------------------------------------------- import
 
-def _refuse_pickle(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(f"{path.name} {why}; medrobust never unpickles (a pickle can run code): {_CONVERT_HINT}")
+def _refuse_pickle(path: Path, why: str, *, then: str = "then import {dest}.") -> CheckpointError:
+    return CheckpointError(f"{path.name} {why}; medrobust never unpickles (a pickle can run code): "
+                           f"{_convert_hint(path, then=then)}")
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -226,10 +240,13 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return 2 <= n <= size - 8 and head[8:9] == b"{"
 
 
-def _check_weights_file(path: Path) -> None:
-    """Refuse a missing, pickled or non-safetensors file, reading only its first bytes (no unpickling)."""
+def _check_weights_file(path: Path, *, then: str = "then import {dest}.") -> None:
+    """Refuse a missing, pickled or non-safetensors file, reading only its first bytes (no unpickling).
+
+    ``then`` is the conversion hint's last step (``{dest}``: the converted file).
+    """
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise _refuse_pickle(path, f"is a pickled PyTorch file ({path.suffix})")
+        raise _refuse_pickle(path, f"is a pickled PyTorch file ({path.suffix})", then=then)
     if not path.is_file():
         raise CheckpointError(f"Weights file {path} does not exist.")
     with open(path, "rb") as fh:
@@ -238,9 +255,9 @@ def _check_weights_file(path: Path) -> None:
     if _looks_like_safetensors(head, size):
         return
     if head.startswith(b"PK\x03\x04"):
-        raise _refuse_pickle(path, "is a torch.save zip archive (pickled), whatever its name")
+        raise _refuse_pickle(path, "is a torch.save zip archive (pickled), whatever its name", then=then)
     if head[:1] == b"\x80":
-        raise _refuse_pickle(path, "is a pickle, whatever its name")
+        raise _refuse_pickle(path, "is a pickle, whatever its name", then=then)
     raise CheckpointError(f"{path.name} is not a safetensors file (its first bytes are no safetensors header).")
 
 

@@ -61,9 +61,16 @@ def _add_test_set(p: argparse.ArgumentParser) -> None:
 
 
 def _class_list(text: str) -> tuple[str, ...]:
+    """``--classes a,b,c``: at least two names, each once (the message names what is wrong and the fix)."""
     names = tuple(t.strip() for t in text.split(",") if t.strip())
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"expected at least two distinct comma-separated class names, got {text!r}")
+    twice = list(dict.fromkeys(n for n in names if names.count(n) > 1))
+    if twice:
+        once = ",".join(dict.fromkeys(names))
+        raise argparse.ArgumentTypeError(f"{text!r} names {', '.join(repr(n) for n in twice)} more than once; list "
+                                         f"each class once, in label order (e.g. {once!r})")
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} names {len(names)} class; a classifier needs at least two: list "
+                                         "them comma-separated, in label order (e.g. 'normal,pneumonia')")
     return names
 
 
@@ -363,32 +370,40 @@ def _test_part(ckpt: Path, card: dict, *, args, size: int, roots, datasets: dict
     a split file (overlap checked against the card's training patients), or, for a model whose card has
     no training patients (an imported model), a test manifest the user vouches for.
     """
-    from medrobust.data import DataError, Split, check_no_overlap, load_dataset, split_from_info
+    from medrobust.data import (DataError, Split, check_no_overlap, check_split_parts, load_dataset,
+                                split_from_info)
+
+    fresh = []  # data sets read by this call: their counts are said once the test part is known to be usable
+
+    def load(key, data_roots, classes=None):
+        """The data set of ``key``, read once per command."""
+        if key not in datasets:
+            datasets[key] = load_dataset(data_roots, image_size=size, progress=verbose and args.progress,
+                                         classes=classes)
+            fresh.append(datasets[key])
+        return datasets[key]
+
+    def said(result):
+        for data in fresh if verbose else ():
+            _print_data_report(data.report)
+        return result
 
     split_info = card.get("split") or {}
     seen = split_info.get("train_patients", []) + split_info.get("val_patients", [])
     if args.test_manifest is not None:
-        key = ("manifest", str(args.test_manifest), size)
-        if key not in datasets:
-            datasets[key] = load_dataset([args.test_manifest], image_size=size, progress=verbose and args.progress)
-        data = datasets[key]
-        for warning in data.report.warnings if verbose else ():
-            print(f"medrobust: warning: {warning}", file=sys.stderr)
+        data = load(("manifest", str(args.test_manifest), size), [args.test_manifest])
         check_no_overlap(train_patients=seen, eval_patients={r.patient for r in data.records})
         if verbose and not seen:
             print(f"note: {ckpt.name}'s card lists no training patients; the test set {args.test_manifest} is taken "
                   "on trust as images the model never saw.", file=sys.stderr)
-        return data, data, None, -1
+        return said((data, data, None, -1))
     if not split_info.get("train_patients") and args.split is None:
         raise DataError(f"{ckpt.name}'s card lists no training patients, so medrobust cannot check that the test "
                         "patients are unseen; pass --test-manifest DATA (images the model never saw) or --split "
                         "SPLIT_JSON.")
     # The classes (and their order) the model trained with, so the rebuilt split is the training run's.
     classes = (card.get("config") or {}).get("classes")
-    key = (size, tuple(classes) if classes else None)
-    if key not in datasets:
-        datasets[key] = load_dataset(roots, image_size=size, progress=verbose and args.progress, classes=classes)
-    data = datasets[key]
+    data = load((size, tuple(classes) if classes else None), roots, classes)
     if args.split is not None:
         split = Split.load(args.split)
         missing = set(split.images[args.part]) - {r.key for r in data.records}
@@ -400,8 +415,16 @@ def _test_part(ckpt: Path, card: dict, *, args, size: int, roots, datasets: dict
             print(f"note: the data differ from {ckpt.name}'s training data (split hash {split.hash} vs "
                   f"{split_info['hash']}); checking patient overlap.", file=sys.stderr)
     check_no_overlap(train_patients=split_info.get("train_patients", []), eval_patients=split.patients[args.part])
+    check_split_parts(split, records=data.records, parts=(args.part,), classes=data.classes)
     fold = int(split_info.get("fold", -1)) if split_info.get("folds") and args.split is None else -1
-    return data, data.subset(split.images[args.part]), split.hash, fold
+    return said((data, data.subset(split.images[args.part]), split.hash, fold))
+
+
+def _print_data_report(report) -> None:
+    """Say on stderr which images a command kept (per class), which it dropped (by reason), and the warnings."""
+    print(f"medrobust: data: {report.counts_line()}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"medrobust: warning: {warning}", file=sys.stderr)
 
 
 def _audit(model, part, labels, classes, *, seed: int, n_boot: int, cam_images: int = 64) -> dict:
@@ -433,6 +456,10 @@ def _evaluate_one(ckpt: Path, *, args, config, dinfo, roots, datasets: dict) -> 
                             keys=[r.key for r in part.records], groups=[r.patient for r in part.records],
                             fold=fold, split_hash=split_hash, classes=classes)
     result["part"] = "test-manifest" if args.test_manifest else args.part
+    if args.test_manifest:  # unseen is proven only against the training patients the card lists
+        split_info = card.get("split") or {}
+        result["test_patients_checked"] = bool(split_info.get("train_patients"))
+    result["data"] = data.report.to_dict()  # the images read, kept per class and dropped by reason
     result["world_size"] = dinfo.world
     if dinfo.is_main:
         result["input_check"] = _input_check_summary(part, size)
@@ -614,7 +641,10 @@ def _write_beside_result(out: Path, name: str, card: dict, what: str, value: dic
 def cmd_audit(args) -> int:
     from medrobust.checkpoints import classes_of
 
+    from medrobust import audit_text
+
     out = args.out or settings.results_dir()
+    done = []
     for model, card, part, labels, split_hash, name in _models_on_test_parts(args):
         print(f"auditing {name} on {len(part)} images ...", file=sys.stderr)
         audit = {**_audit(model, part, labels, classes_of(card), seed=args.seed, n_boot=args.n_boot,
@@ -622,7 +652,11 @@ def cmd_audit(args) -> int:
                  "model": name, "model_sha256": card.get("sha256"), "split_hash": split_hash,
                  "part": "test-manifest" if args.test_manifest else args.part}
         note = _write_beside_result(out, name, card, "audit", audit, ["audit"])
-        print(f"{name}: " + " ".join(audit["verdicts"]) + f" {note}")
+        done.append({"name": name, "audit": audit})
+        print(f"{name}: " + " ".join(audit_text.model_sentences(audit["masking"], audit.get("cam"), name=name))
+              + f" {note}")
+    for line in audit_text.set_lines(done):  # the test set's facts once, however many models
+        print(line)
     return 0
 
 
@@ -833,6 +867,23 @@ def os_error_text(exc: OSError, *, resumable: bool = False) -> str:
     return text + "."
 
 
+def _missing_root_hint(root: Path, args) -> str:
+    """Where a missing data root came from and what to pass instead ("" when the user named it on the line)."""
+    named = [Path(p).expanduser() for p in (getattr(args, "data", None) or [])]
+    for option in ("test_manifest", "fit_data"):
+        if getattr(args, option, None) is not None:
+            named += [Path(getattr(args, option)), Path(getattr(args, option)).expanduser()]
+    if root in named:
+        return ""
+    if root in settings.env_data_roots():
+        return f" It is named in {settings.ENV_DATA}; fix that variable or pass --data PATH."
+    what = ("the data the model was trained on (its test patients are found in them), or --test-manifest DATA "
+            "for images it never saw" if args.command in ("evaluate", "audit", "check-attacks", "fit-decision")
+            else "a data folder, a manifest .csv or a MedMNIST .npz; repeat --data for several")
+    return (f" No --data was given and {settings.ENV_DATA} is unset, so medrobust looked for the default folder "
+            f"{root}: pass --data PATH ({what}).")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -840,10 +891,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "import-model": cmd_import_model, "audit": cmd_audit, "check-attacks": cmd_check_attacks,
                 "fit-decision": cmd_fit_decision, "predict": cmd_predict}
     from medrobust.checkpoints import CheckpointError
-    from medrobust.data import DataError
+    from medrobust.data import DataError, DataRootMissing
 
     try:
         return handlers[args.command](args)
+    except DataRootMissing as exc:
+        print(f"medrobust {args.command}: error: {exc}{_missing_root_hint(exc.root, args)}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, DataError, CheckpointError, FileNotFoundError) as exc:
         print(f"medrobust {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -32,7 +32,12 @@ A *root* given to :func:`read_records` / :func:`load_dataset` is one of (several
   key ``<stem>/<part>/<index>``.
 
 Classes come from the data unless ``classes=[...]`` fixes their list and order (then images of any
-other class are dropped as "unknown class"); all roots of one call must agree on them.
+other class are dropped as "unknown class", their labels counted in :attr:`DataReport.unknown_labels`); all
+roots of one call must agree on them. A file listed twice is dropped as a "duplicate path" when both rows
+give one label, and is an error naming both labels when they differ. :func:`check_training_classes` refuses
+labels that are probably mistakes (a class of fewer than :data:`MIN_CLASS_IMAGES` images, a name
+:func:`similar_names` to another's) unless the caller lists them; :func:`check_split_parts` refuses an empty
+part of a split, saying how many patients there are and what to do.
 
 Manifests without a ``patient`` column, ImageFolder trees and MedMNIST files carry no patient ids:
 each image is then its own patient, so the split is per image, not per patient. This is said in
@@ -81,8 +86,24 @@ _NO_PATIENT = ("so every image counts as its own patient: the split is per image
                "(images of one patient can land in both training and test)")
 
 
+#: A class with fewer images than this is refused for training unless ``classes`` lists it
+#: (:func:`check_training_classes`): it is usually a mistyped label.
+MIN_CLASS_IMAGES = 5
+
+
 class DataError(ValueError):
     """The data folders cannot be used; the message says what to fix."""
+
+
+class DataRootMissing(DataError):
+    """A data root (folder, manifest or ``.npz``) does not exist; ``root`` is the path as given.
+
+    The command line adds where the path came from (``--data``, ``MEDROBUST_DATA`` or the default).
+    """
+
+    def __init__(self, message: str, *, root: Path) -> None:
+        super().__init__(message)
+        self.root = root
 
 
 @dataclass(frozen=True)
@@ -119,9 +140,39 @@ class DataReport:
     per_class: Counter = field(default_factory=Counter)
     classes: tuple[str, ...] = CLASS_NAMES
     warnings: list[str] = field(default_factory=list)
+    #: The label names dropped as "unknown class" (not among the classes given), with their image counts.
+    unknown_labels: Counter = field(default_factory=Counter)
 
     def _name(self, label: int) -> str:
         return self.classes[label] if 0 <= label < len(self.classes) else str(label)
+
+    def drop_unknown(self, name: str, *, n: int = 1) -> None:
+        """Count ``n`` images of the label ``name`` dropped because it is not one of the classes given."""
+        self.dropped["unknown class"] += n
+        self.unknown_labels[name] += n
+
+    def counts_line(self) -> str:
+        """One line: the images kept per class and the rows dropped by reason (unknown labels named).
+
+        Examples
+        --------
+        >>> r = DataReport(roots=["m.csv"], kept=3, per_class=Counter({0: 2, 1: 1}), classes=("a", "b"))
+        >>> r.dropped["duplicate path"] += 1
+        >>> r.drop_unknown("c", n=2)
+        >>> r.counts_line()
+        'kept 3 images (a 2, b 1); dropped 3: 1 duplicate path, 2 unknown class (c 2)'
+        """
+        labels = sorted(set(range(len(self.classes))) | set(self.per_class))
+        classes = ", ".join(f"{self._name(c)} {self.per_class.get(c, 0)}" for c in labels)
+        text = f"kept {self.kept} images ({classes})"
+        if not sum(self.dropped.values()):
+            return text + "; dropped none"
+        reasons = []
+        for why, n in sorted(self.dropped.items()):
+            names = (" (" + ", ".join(f"{k} {v}" for k, v in sorted(self.unknown_labels.items())) + ")"
+                     if why == "unknown class" and self.unknown_labels else "")
+            reasons.append(f"{n} {why}{names}")
+        return f"{text}; dropped {sum(self.dropped.values())}: {', '.join(reasons)}"
 
     def summary(self) -> str:
         drops = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())) or "none"
@@ -132,7 +183,8 @@ class DataReport:
     def to_dict(self) -> dict:
         return {"roots": self.roots, "kept": self.kept, "dropped": dict(self.dropped),
                 "per_class": {self._name(c): n for c, n in self.per_class.items()},
-                "classes": list(self.classes), "warnings": list(self.warnings)}
+                "classes": list(self.classes), "warnings": list(self.warnings),
+                "unknown_labels": dict(self.unknown_labels)}
 
 
 def _label(finding: str) -> int | None:
@@ -190,7 +242,7 @@ def _read_covid(root: Path, source: str, wanted: dict[str, int] | None, report: 
                 report.dropped["unlabelled (empty finding)"] += 1
                 continue
             if wanted is not None and CLASS_NAMES[label] not in wanted:
-                report.dropped["unknown class"] += 1
+                report.drop_unknown(CLASS_NAMES[label])
                 continue
             fname = (row.get(name_col) or "").strip()
             folder = (row.get("folder") or "images").strip() or "images"
@@ -236,7 +288,7 @@ def _read_manifest(csv_path: Path, default_source: str, wanted: dict[str, int] |
             report.dropped["empty label"] += 1
             continue
         if wanted is not None and name not in wanted:
-            report.dropped["unknown class"] += 1
+            report.drop_unknown(name)
             continue
         raw_split = cell(row, "split")
         split = _SPLIT_VALUES.get(raw_split.lower()) if raw_split else None
@@ -297,7 +349,7 @@ def _read_image_folder(root: Path, source: str, wanted: dict[str, int] | None,
     items: _Items = []
     for name, files in found.items():
         if wanted is not None and name not in wanted:
-            report.dropped["unknown class"] += len(files)
+            report.drop_unknown(name, n=len(files))
             continue
         for f in files:
             rel = f"{name}/{f.relative_to(root / name).as_posix()}"
@@ -379,11 +431,11 @@ def _read_npz(path: Path, source: str, wanted: dict[str, int] | None,
     for part in SPLIT_NAMES:
         for i, y in enumerate(labels[part].tolist()):
             if not 0 <= y < len(names):
-                report.dropped["unknown class"] += 1
+                report.drop_unknown(str(y))
                 continue
             name = names[y]
             if wanted is not None and name not in wanted:
-                report.dropped["unknown class"] += 1
+                report.drop_unknown(name)
                 continue
             items.append((Record(source=source, patient=f"{source}:{part}/{i}", filename=f"{part}/{i}",
                                  path=f"{file}::{part}/{i}", finding=name, view="", label=-1, split=part), name))
@@ -400,6 +452,13 @@ def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
     if dupes:
         raise DataError(f"classes names {', '.join(dupes)} more than once.")
     return out
+
+
+def _missing_root_text(root: Path) -> str:
+    """What a missing data root is (by its suffix) and where it was looked for."""
+    kind = {".csv": "Manifest", ".npz": "MedMNIST file"}.get(root.suffix.lower(), "Data folder")
+    where = "" if root.is_absolute() else f" (looked for in {Path.cwd()})"
+    return f"{kind} {root} does not exist{where}; check the path."
 
 
 def read_records(roots: Sequence[Path | str] | Path | str, *,
@@ -446,7 +505,7 @@ def read_records(roots: Sequence[Path | str] | Path | str, *,
     per_root: list[tuple[Path, tuple[str, ...], _Items, bool]] = []  # root, its classes, items, COVID layout?
     for root in roots:
         if not root.exists():
-            raise DataError(f"Data folder {root} does not exist.")
+            raise DataRootMissing(_missing_root_text(root), root=root)
         if root.is_file():
             suffix = root.suffix.lower()
             if suffix == ".csv":
@@ -480,6 +539,7 @@ def read_records(roots: Sequence[Path | str] | Path | str, *,
     index = {c: i for i, c in enumerate(final)}
 
     # The same file listed twice (upstream has a few duplicates) would leak between splits.
+    # A file listed twice with two labels is an error, never a silent choice of the first label.
     unique: dict[str, Record] = {}
     covid_keys: set[str] = set()
     files: dict[str, str] = {}  # real path (or npz reference) -> key
@@ -494,11 +554,13 @@ def read_records(roots: Sequence[Path | str] | Path | str, *,
                     report.dropped["duplicate row"] += 1
                     continue
                 if files.get(real) == r.key:
+                    _check_same_label(unique[r.key], r, final)
                     report.dropped["duplicate path"] += 1
                     continue
                 raise DataError(f"Two different images get the record key {r.key!r} ({unique[r.key].path} and "
                                 f"{r.path}); give their manifests different source names.")
             if not covid and real in files:
+                _check_same_label(unique[files[real]], r, final)
                 report.dropped["duplicate path"] += 1
                 continue
             unique[r.key] = r
@@ -514,6 +576,128 @@ def read_records(roots: Sequence[Path | str] | Path | str, *,
         if absent:
             report.warnings.append(f"no image of the class(es) {', '.join(absent)} was kept.")
     return records, report
+
+
+def _osa_distance(a: str, b: str) -> int:
+    """Edit distance counting an insertion, a deletion, a substitution or a swap of neighbours as one edit.
+
+    Examples
+    --------
+    >>> _osa_distance("covid", "covdi"), _osa_distance("covid", "covi"), _osa_distance("covid", "normal")
+    (1, 1, 5)
+    """
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[\s_-]+", "", name).casefold()
+
+
+def similar_names(name: str, others: Sequence[str]) -> list[str]:
+    """The names among ``others`` that ``name`` may be a mistyping of (or they of it), in their order.
+
+    Two names are similar when they are equal but for case, spaces, ``-`` and ``_`` (``Covid`` and
+    ``covid``, ``non COVID`` and ``non-COVID``), or when both have at least four characters and one
+    letter tells them apart (an insertion, deletion, substitution or swap of neighbours: ``covdi`` and
+    ``covid``). Names that differ only in digits (``grade1``, ``grade2``; MedMNIST's ``0``, ``1``) are
+    not similar.
+
+    Examples
+    --------
+    >>> similar_names("covdi", ["covid", "normal", "Covid"])
+    ['covid', 'Covid']
+    >>> similar_names("grade1", ["grade2", "grade 1"])
+    ['grade 1']
+    """
+    a = _squash(name)
+    out = []
+    for other in others:
+        b = _squash(other)
+        if other == name:
+            continue
+        if a == b or (min(len(a), len(b)) >= 4 and _osa_distance(a, b) == 1
+                      and re.sub(r"\d", "", a) != re.sub(r"\d", "", b)):
+            out.append(other)
+    return out
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'' if n == 1 else 's'}"
+
+
+def check_training_classes(report: DataReport, *, listed: Sequence[str] | None,
+                           min_images: int = MIN_CLASS_IMAGES) -> None:
+    """Refuse class labels that are probably mistakes before a model is trained on them.
+
+    Parameters
+    ----------
+    report
+        What :func:`read_records` (or :func:`load_dataset`) kept: the classes, their image counts, and the
+        labels dropped as not among the classes given (:attr:`DataReport.unknown_labels`).
+    listed
+        The classes the user listed (``--classes``; None: the classes come from the data). A listed class
+        is taken as it is, however small or however like another name.
+    min_images
+        The fewest images an unlisted class may have.
+
+    Raises
+    ------
+    DataError
+        In one line, naming the labels and saying what to do, if a listed class has no image; if an
+        unlisted class has fewer than ``min_images`` images or a name :func:`similar_names` to another
+        class's (the one with fewer images is named; "did you mean ..." names the other); or if a label
+        dropped because ``listed`` leaves it out is similar to a listed class (its images would vanish).
+    """
+    listed_set = set(listed or ())
+    counts = {c: report.per_class.get(i, 0) for i, c in enumerate(report.classes)}
+    found = {**{c: n for c, n in counts.items() if n}, **report.unknown_labels}
+    absent = [c for c in (listed or ()) if not counts.get(c)]
+    if absent:
+        names = "; ".join(f"{c!r}" + (f" (did you mean {' or '.join(map(repr, sim))}?)"
+                                      if (sim := similar_names(c, list(found))) else "") for c in absent)
+        labels = ", ".join(f"{c} {n}" for c, n in sorted(found.items())) or "none"
+        raise DataError(f"--classes lists {names}, but no image is labelled so (labels in the data, with their "
+                        f"images: {labels}); fix --classes (names must match the labels exactly, case included) "
+                        "or the labels.")
+    problems = []
+    for name in sorted(found):
+        n = found[name]
+        if name in listed_set:
+            continue
+        unknown = name not in counts
+        sims = [o for o in similar_names(name, list(found)) if o in listed_set or (
+            not unknown and o in counts and (found[o], name) > (n, o))]
+        if unknown and not any(o in listed_set for o in sims):
+            continue  # a label left out of --classes on purpose: dropped and counted
+        if not sims and n >= min_images:
+            continue
+        what = f"{name!r} ({_images(n)}{', not in --classes' if unknown else ''})"
+        problems.append(f"{what}: did you mean {' or '.join(map(repr, sims))}?" if sims
+                        else f"{what}: fewer than {min_images} images.")
+    if problems:
+        raise DataError(f"Suspicious class labels: {' '.join(problems)} A class needs at least {min_images} "
+                        "images and a name unlike the others' (apart from case, spaces or one letter); fix these "
+                        "labels in the data, or, if they are classes of their own, list every class to train, in "
+                        "label order, with --classes (a listed class is taken as it is).")
+
+
+def _check_same_label(first: Record, again: Record, classes: Sequence[str]) -> None:
+    """Refuse an image listed twice (``first`` kept, ``again`` a duplicate) with two different labels."""
+    if first.label == again.label:
+        return
+    keys = first.key if first.key == again.key else f"{first.key} and {again.key}"
+    raise DataError(f"The image {first.path} is listed twice with different labels: {classes[first.label]!r} and "
+                    f"{classes[again.label]!r} (as {keys}); keep one row, with the right label.")
 
 
 def _inputs_hash(records: list[Record], size: int) -> str:
@@ -757,11 +941,7 @@ def split_by_patient(records: list[Record], *, seed: int, fractions: tuple[float
     for label in sorted(strata):
         pids = strata[label]
         rng.shuffle(pids)
-        n = len(pids)
-        n_train = round(n * fractions[0])
-        n_val = round(n * fractions[1])
-        if n >= 3 and fractions[2] > 0 and n_train + n_val >= n:
-            n_train = max(1, n - n_val - 1)  # keep at least one patient of each class for testing
+        n_train, n_val, _ = _part_sizes(len(pids), fractions)
         parts["train"] += pids[:n_train]
         parts["val"] += pids[n_train : n_train + n_val]
         parts["test"] += pids[n_train + n_val :]
@@ -840,6 +1020,71 @@ def split_from_info(records: list[Record], info: dict) -> Split:
         return split_kfold(records, seed=seed, folds=int(info["folds"]), fold=int(info.get("fold", 0)),
                            val_fraction=float(fractions[1]))
     return split_by_patient(records, seed=seed, fractions=fractions)
+
+
+def _part_sizes(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    """How many of a stratum's ``n`` patients :func:`split_by_patient` puts in train, val and test."""
+    n_train = round(n * fractions[0])
+    n_val = round(n * fractions[1])
+    if n >= 3 and fractions[2] > 0 and n_train + n_val >= n:
+        n_train = max(1, n - n_val - 1)  # keep at least one patient of each class for testing
+    train = min(n_train, n)
+    val = min(n_val, n - train)
+    return train, val, n - train - val
+
+
+_PART_WORDS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def check_split_parts(split: Split, *, records: Sequence[Record], parts: Sequence[str],
+                      classes: Sequence[str]) -> None:
+    """Refuse a split in which any of ``parts`` holds no image, in one line that says what to do.
+
+    Parameters
+    ----------
+    split
+        The split of ``records``.
+    records
+        The records the split was drawn from.
+    parts
+        The parts that must hold images (of "train", "val", "test").
+    classes
+        The class names (index = label), to count each class's patients by name.
+
+    Raises
+    ------
+    DataError
+        Naming the empty part, how many images and patients (per class) the data hold and how they were
+        split, and the remedy: more patients (as many as a class needs for one in that part), a split
+        column that assigns that part, or fewer folds.
+    """
+    empty = [p for p in parts if not split.images[p]]
+    if not empty:
+        return
+    part = empty[0]
+    by_patient, strata = _patients_by_stratum(list(records))
+    per_class = ", ".join(f"{classes[label] if 0 <= label < len(classes) else label} {len(p)}"
+                          for label, p in sorted(strata.items()))
+    tr, va, te = (f"{len(split.patients[p])} {_PART_WORDS[p]}" for p in SPLIT_NAMES)
+    sizes = f"{tr}, {va} and {te}"
+    head = (f"The {_PART_WORDS[part]} split is empty: the data hold {_images(len(records))} of "
+            f"{len(by_patient)} patients ({per_class} patients), split into {sizes} patients")
+    if records and all(r.split is not None for r in records):
+        advice = (f"the data fix every image's split (a split column, or MedMNIST's own) and none is {part}: "
+                  f"mark some patients {part}")
+    elif split.folds:
+        advice = (f"{split.folds}-fold cross-validation needs more patients of each class: give more data or "
+                  "fewer folds")
+    else:
+        idx = SPLIT_NAMES.index(part)
+        need = next((n for n in range(1, 10_001) if _part_sizes(n, split.fractions)[idx] >= 1), None)
+        if need is None:
+            advice = f"the split fractions {tuple(split.fractions)} give {part} no patient: give it a fraction"
+        else:
+            advice = (f"{part} gets {split.fractions[idx]:.0%} of each class's patients, rounded, so a class needs "
+                      f"at least {need} patients: give more data, or assign patients to train, val and test "
+                      "in a manifest's split column")
+    raise DataError(f"{head}; {advice}.")
 
 
 def check_no_overlap(*, train_patients: list[str] | set[str], eval_patients: list[str] | set[str]) -> None:

@@ -450,11 +450,15 @@ def map_labels(labels: torch.Tensor, *, data_classes: Sequence[str], model_class
     >>> map_labels(torch.tensor([0, 1, 1]), data_classes=["a", "b"], model_classes=["b", "a", "c"]).tolist()
     [1, 0, 0]
     """
+    from medrobust.data import similar_names
+
     data_classes, model_classes = [str(c) for c in data_classes], [str(c) for c in model_classes]
     unknown = [c for c in data_classes if c not in model_classes]
     if unknown:
-        raise ValueError(f"The data's class(es) {', '.join(unknown)} are not among the model's classes "
-                         f"({', '.join(model_classes)}); give data with the model's classes.")
+        named = ", ".join(c + (f" (did you mean {' or '.join(sim)}?)" if (sim := similar_names(c, model_classes))
+                               else "") for c in unknown)
+        raise ValueError(f"The data's class(es) {named} are not among the model's classes "
+                         f"({', '.join(model_classes)}); give data with the model's classes (fix the labels).")
     lut = torch.tensor([model_classes.index(c) for c in data_classes], dtype=torch.long)
     return lut[labels.long()]
 

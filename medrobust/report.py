@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from medrobust import paper
+from medrobust import audit_text, paper
 from medrobust.choices import METHOD_NAMES as METHODS  # the registry's names, without importing torch
 from medrobust.intervals import format_difference, format_interval, format_number, format_p, format_value
 
@@ -85,6 +85,9 @@ def test_set_text(r: dict[str, Any]) -> str:
     if "cv" in r:
         return (f"each predicted by the one of {r['cv']['folds']} fold models that never saw its patient")
     if r.get("part") == "test-manifest":
+        if r.get("test_patients_checked"):
+            return ("from a test manifest the user supplied, checked against the training patients the model's card "
+                    "lists: none of them is among the test images")
         return ("from a test manifest the user supplied: medrobust cannot prove these patients were not used in "
                 "training (the model's card lists no training patients to check against)")
     if r.get("split_hash"):
@@ -402,11 +405,13 @@ def audit_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     if m.get("balanced_accuracy") is not None and m.get("auroc") is not None else "–")
 
         inside = cam.get("mass_fraction_inside")
+        reading = audit_text.lung_reading(a["masking"], a.get("cam"))
         rows.append({"model": r["name"], "clean (bal. acc / AUROC)": pair("clean"),
                      "lungs blanked": pair("lungs_blanked"), "border blanked": pair("border_blanked"),
                      "Grad-CAM mass in the central field": (f"{100 * inside:.0f} % (area {100 * cam['area_fraction']:.0f} %)"
                                                             if inside is not None else "–"),
-                     "flags": ", ".join(k.replace("_", " ") for k, v in a.get("flags", {}).items() if v) or "none"})
+                     "flags": ", ".join(k.replace("_", " ") for k, v in a.get("flags", {}).items() if v) or "none",
+                     "reads the lungs?": reading.headline})
     return rows
 
 
@@ -423,7 +428,11 @@ def table_audit(results: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     lines = [_markdown(rows)]
-    verdicts = [f"- {r['name']}: {v}" for r in _sorted(results) for v in (r.get("audit") or {}).get("verdicts", [])]
+    # Re-worded from the stored numbers (audit_text): the test set's sentence once, then each model's own.
+    audited = [r for r in _sorted(results) if r.get("audit")]
+    verdicts = [f"- {line}" for line in audit_text.set_lines(audited)]
+    verdicts += [f"- {r['name']}: {v}" for r in audited
+                 for v in audit_text.model_sentences(r["audit"]["masking"], r["audit"].get("cam"), name=r["name"])]
     return "\n".join(lines + ([""] + verdicts if verdicts else []))
 
 
@@ -803,9 +812,10 @@ def clinical_reading(results: Sequence[dict[str, Any]]) -> list[str]:
         out.append(f"**Calibration**: when a model says “90 % sure” it should be right 9 times in 10. The best "
                    f"calibrated model here is {cal['name']} (expected calibration error "
                    f"{100 * cal['calibration']['ece']:.1f} points); see the Calibration page.")
-        for r in usable:
-            for verdict in (r.get("audit") or {}).get("verdicts", [])[:1]:
-                out.append(f"**Shortcut audit of {r['name']}**: {verdict}")
+        # The test set's facts once (not once per model), then each model's one conclusion on the lungs.
+        audit_lines = audit_text.summary(usable)
+        if audit_lines:
+            out += [f"**Shortcut audit** (central lung field or border blanked): {audit_lines[0]}", *audit_lines[1:]]
     else:
         out.append("No model in this result set separates the classes, so none of its numbers support a "
                    "clinical conclusion.")

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -35,7 +35,8 @@ from medrobust.augmix import AugMixConfig, augmix
 from medrobust.choices import Arch, Norm, parse_choice
 from medrobust.checkpoints import classes_of, load_checkpoint, save_checkpoint
 from medrobust.fileio import atomic_save_tensors, atomic_write_text
-from medrobust.data import Dataset, Split, load_dataset, split_by_patient, split_kfold
+from medrobust.data import (Dataset, Split, check_split_parts, check_training_classes, load_dataset, split_by_patient,
+                            split_kfold)
 from medrobust.methods import LossTools, get_method
 from medrobust.metrics import DEGENERATE_THRESHOLD, classification_metrics
 from medrobust.models import build_model, load_imagenet_into
@@ -141,11 +142,32 @@ def eps_for_epoch(config: TrainConfig, epoch: int) -> float:
     return config.eps * min(1.0, (epoch + 1) / config.eps_ramp_epochs)
 
 
-def class_weights(labels: torch.Tensor, *, num_classes: int = 2) -> torch.Tensor:
-    """Inverse-frequency weights, normalised so the average training sample weighs 1."""
-    counts = torch.bincount(labels, minlength=num_classes).float()
+def class_weights(labels: torch.Tensor, *, num_classes: int = 2, classes: Sequence[str] | None = None) -> torch.Tensor:
+    """Inverse-frequency weights, normalised so the average training sample weighs 1.
+
+    Parameters
+    ----------
+    labels
+        The training labels (0 .. num_classes - 1).
+    num_classes
+        K, the number of classes.
+    classes
+        The class names (index = label), for the error message; default "0", "1", ...
+
+    Raises
+    ------
+    ValueError
+        If a class has no training image (naming it, with every class's image count).
+    """
+    counts = torch.bincount(labels, minlength=num_classes)
     if (counts == 0).any():
-        raise ValueError(f"The training split lacks a class (counts {counts.tolist()}); cannot balance it.")
+        names = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
+        absent = ", ".join(names[i] for i in range(num_classes) if counts[i] == 0)
+        listing = ", ".join(f"{names[i]} {int(counts[i])}" for i in range(num_classes))
+        raise ValueError(f"The training split lacks a class: no training image of {absent} (training images per "
+                         f"class: {listing}); every class needs training patients: give it more images, or "
+                         "fix --classes or the split column.")
+    counts = counts.float()
     return counts.sum() / (num_classes * counts)
 
 
@@ -275,8 +297,14 @@ def _initialise(model, init: str | None, *, split: Split, classes: tuple[str, ..
 
 
 def prepare_data(config: TrainConfig, roots, *, run_dir: Path, progress: bool = False) -> tuple[Dataset, Split]:
-    """Load the data and the run's split (reusing ``split.json`` when the run already has one)."""
+    """Load the data and the run's split (reusing ``split.json`` when the run already has one).
+
+    Refuses (:class:`~medrobust.data.DataError`) probably mistyped class labels
+    (:func:`~medrobust.data.check_training_classes`) and a new split with an empty training, test or (when
+    the split fractions give it a share) validation part (:func:`~medrobust.data.check_split_parts`).
+    """
     data = load_dataset(roots, image_size=config.image_size, progress=progress, classes=config.classes)
+    check_training_classes(data.report, listed=config.classes)
     split_file = run_dir / "split.json"
     if split_file.is_file():
         split = Split.load(split_file)
@@ -289,9 +317,8 @@ def prepare_data(config: TrainConfig, roots, *, run_dir: Path, progress: bool = 
                                 val_fraction=config.split_fractions[1])
         else:
             split = split_by_patient(data.records, seed=config.seed, fractions=config.split_fractions)
-        for part in ("train", "test"):
-            if not split.images[part]:
-                raise ValueError(f"The {part} split is empty; give more data or change split fractions.")
+        parts = ("train", "val", "test") if config.split_fractions[1] > 0 else ("train", "test")
+        check_split_parts(split, records=data.records, parts=parts, classes=data.classes)
     return data, split
 
 
@@ -363,7 +390,7 @@ def _prepare(config: TrainConfig, roots, run_dir: Path, *, show_progress: bool) 
     model = model.to(device).to(memory_format=torch.channels_last)
     train_set = data.subset(split.images["train"])
     steps = max(1, len(train_set) // config.batch_size)  # drop the last partial batch (BN needs > 1 sample)
-    return _Session(
+    session = _Session(
         config=config, method=get_method(config.method), run_dir=run_dir, dinfo=dinfo, data=data, split=split,
         log=ProgressLog(run_dir / "progress.jsonl" if dinfo.is_main else None), model=model,
         # Under torchrun the loss runs through DDP (gradients averaged over ranks); attacks and
@@ -374,11 +401,17 @@ def _prepare(config: TrainConfig, roots, run_dir: Path, *, show_progress: bool) 
         generator=torch.Generator(device="cpu").manual_seed(config.seed),
         dev_generator=torch.Generator(device=device).manual_seed(config.seed + 1 + 1000 * dinfo.rank),
         train_set=train_set, val_set=data.subset(split.images["val"]),
-        class_weight=(class_weights(train_set.labels, num_classes=len(data.classes)).to(device)
+        class_weight=(class_weights(train_set.labels, num_classes=len(data.classes), classes=data.classes).to(device)
                       if config.class_balance == "weights" else None),
         steps_per_epoch=min(steps, config.max_batches) if config.max_batches else steps,
         show_progress=show_progress,
     )
+    if dinfo.is_main:  # said once the run is known to start, so a refusal stays one line
+        print(f"medrobust: data: {data.report.counts_line()}", file=sys.stderr)
+        print("medrobust: split: " + ", ".join(f"{part} {len(split.images[part])} images of "
+                                               f"{len(split.patients[part])} patients" for part in split.images),
+              file=sys.stderr)
+    return session
 
 
 def _resume(s: _Session) -> None:

@@ -4,7 +4,8 @@
     python scripts/container_browser.py URL hold    # ... then start PGD and the flip search, print READY, keep
                                                     # the session open until killed (for the stop-under-load check)
 
-Prints one line ``ok <what> <seconds>`` per step (``check``) and exits non-zero with a reason on failure.
+Prints one line ``ok <what> <seconds>`` per step (``check``) and exits non-zero with a reason on failure,
+among them any request the page makes beyond the container's own origin (a hospital network reaches nothing else).
 Used by scripts/container_check.sh; needs ``apt-get install -y chromium`` and the ``playwright`` package.
 """
 
@@ -14,6 +15,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -41,10 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            context = browser.new_context(viewport={"width": 1500, "height": 1100})
+            requests: list[str] = []
+            context.on("request", lambda r: requests.append(r.url))
+            page = context.new_page()
             t0 = time.time()
             page.goto(args.url, timeout=timeout_ms)
             page.wait_for_selector(IDLE, timeout=timeout_ms)
+            page.get_by_role("tab", name="Robustness").click()  # the Overview's tables sit in tabs
             expect(page.get_by_text("Table I — accuracy and balanced accuracy (%)")).to_be_visible()
             print(f"ok overview-loaded {time.time() - t0:.1f}", flush=True)
             page.get_by_test_id("stSidebarNav").get_by_text("Stress test").click()
@@ -64,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             if page.get_by_test_id("stException").count():
                 print("FAIL an exception is shown on the page", flush=True)
                 return 1
+            origin = urlsplit(args.url)
+            elsewhere = sorted({u for u in requests if urlsplit(u).scheme not in ("data", "blob")
+                                and (urlsplit(u).hostname, urlsplit(u).port) != (origin.hostname, origin.port)})
+            if elsewhere:
+                print(f"FAIL requests beyond {args.url}: {elsewhere}", flush=True)
+                return 1
+            print(f"ok no-request-beyond-the-origin {len(requests)}", flush=True)
             if args.mode == "hold":
                 page.get_by_test_id("stRadio").first.get_by_text("PGD attack (L2)").click()
                 page.wait_for_selector(IDLE, timeout=timeout_ms)

@@ -38,9 +38,7 @@ if len(model_set.ok_models) > MAX_CARDS:
     # Checkpoints that failed to load keep their error card, whatever is chosen.
     model_set = model_set.only([*chosen, *(m.name for m in model_set.models if not m.ok)])
 ok_models = model_set.ok_models
-st.caption("Runs the single-split models in `checkpoints/` (one model per method, trained on one set of patients, "
-           "tested on 118 others). The Overview's headline numbers come from five-fold cross-validation, whose "
-           "twenty fold models are not shipped: a page that answers one image needs one model per method.")
+st.caption(stress.models_caption(ok_models))
 if not ok_models:
     st.warning("None of the chosen models could be loaded; choose others in the sidebar.", icon=":material/warning:")
     st.stop()
@@ -53,7 +51,8 @@ def _example_input():
     st.info("No X-ray uploaded: showing an example. Upload your own above (PNG, JPEG or DICOM, recognised by "
             "content), or pick another example.", icon=":material/upload:")
     shipped = examples.list_examples()
-    labels = [f"Example {i + 1}: {e.class_name} ({e.split} split{', never seen by the models' if e.is_unseen else ', seen in training'})"
+    cards = {m.name: m.card for m in ok_models}
+    labels = [f"Example {i + 1}: {e.class_name} ({e.split} split of the shipped models; {e.exposure(cards)})"
               for i, e in enumerate(shipped)]
     pick = st.selectbox("Try an example", range(len(shipped)), format_func=labels.__getitem__, key="example")
     ex = shipped[pick]
@@ -152,12 +151,23 @@ with c1:
     seed = int(st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed"))
 with c2:
     severity, eps, steps, mode, src, method = 0.0, 0.0, 20, "own", None, "pgd"
-    if kind in stress.NOISE_KINDS:
-        severity = st.slider("Severity", 0.0, 1.0, 0.3, 0.05, key="severity",
-                             help="Variance for Gaussian and speckle noise; fraction of pixels replaced for salt & pepper.")
+    corruption, level = "gaussian_noise", 2
+    if kind == "clinical":
+        corruption = st.selectbox("Corruption", stress.CLINICAL_KINDS, format_func=stress.DISPLAY_NAMES.get,
+                                  key="corruption")
+        level = st.select_slider("Level (1 barely visible, 5 brings a standard model near chance)",
+                                 options=list(stress.LEVELS), value=2, key="level")
+        st.caption(f"Level {level}: {stress.level_meaning(corruption, level, side=sizes[0])}. The benchmark's "
+                   "clinical suite runs these nine corruptions at these five levels.")
+    elif kind in stress.NOISE_KINDS:
+        severity = st.slider("Severity (the paper's scale)", 0.0, 1.0, 0.1, 0.05, key="severity",
+                             help="Variance for Gaussian and speckle noise; fraction of pixels replaced for salt & "
+                                  "pepper, as in the paper and skimage.util.random_noise.")
+        st.caption(stress.paper_noise_meaning(kind, severity))
     elif kind == "pgd":
         eps = st.slider("L2 eps (stated at 224 px)", 0.0, stress.MAX_EPS, 1.0, 0.25, key="eps",
                         help="As in the benchmark: scaled by side/224 to the model's resolution.")
+        st.caption(stress.eps_meaning(eps))
         steps = st.slider("PGD steps", 1, lim.max_steps, min(20, lim.max_steps), 1, key="steps",
                           help="Capped at 20 on this public demo." if lim.max_steps < stress.MAX_STEPS else None)
         method = st.radio("Attack method", list(stress.ATTACK_METHODS), format_func=stress.ATTACK_METHODS.get,
@@ -171,10 +181,14 @@ with c2:
         st.caption("No perturbation: the cards show each model's answer on the image as it is.")
 with c3:
     cam_layers = list(stress.CAM_DEPTHS)
-    cam_layer = st.selectbox("Grad-CAM layer", cam_layers, index=0 if min(sizes) >= 128 else 1, key="cam_layer",
-                             help="layer4 (the usual choice) is a 2×2 grid at 64 px, so smaller models default to "
-                                  "layer3 (4×4 at 64 px). Networks other than ResNets use their own stages: layer4 "
-                                  "= the deepest, layer3 = one earlier. A flat map is drawn as no overlay.")
+    cam_layer = st.selectbox("Grad-CAM layer", cam_layers, format_func=stress.CAM_DEPTH_LABELS.get, key="cam_layer",
+                             index=0 if min(sizes) >= 128 else cam_layers.index("layer3"),
+                             help="layer4 alone is a 4×4 grid at 128 px (2×2 at 64 px): coarse blobs that often "
+                                  "sit under the diaphragm. The default averages it with layer3 (8×8 at 128 px); "
+                                  "models under 128 px default to layer3. Each card says the grid behind its map: "
+                                  "anything finer is bilinear upsampling. Networks other than ResNets use their own "
+                                  "stages: layer4 = the deepest, layer3 = one earlier. A flat map is drawn as no "
+                                  "overlay.")
     flip_steps = st.slider("PGD steps for the flip search", 5, lim.max_flip_steps, 10, 5, key="flip_steps",
                            help="More steps find smaller flipping radii but take longer (about 7 attacks per model).")
     find_flip = st.button("Smallest eps that flips each prediction", key="find_flip",
@@ -185,7 +199,7 @@ with c3:
                f"→ {', '.join(map(str, sizes))} px model input" + (f". {decoded.note}" if decoded.note else ""))
 
 pert = stress.Perturbation(kind=kind, severity=float(severity), eps=float(eps), steps=int(steps), mode=mode,
-                           source=src, seed=seed, method=method)
+                           source=src, seed=seed, method=method, corruption=corruption, level=int(level))
 
 # ----------------------------------------------------------------------------- compute (memoised per session)
 memo = st.session_state.setdefault("stress_memo", stress.Memo(12))
@@ -237,12 +251,16 @@ def _verdict_block(o, *, kind: str, outside: bool) -> None:
         st.caption("No temperature, operating point or referral level was fitted for this model (its card lists no "
                    "validation patients); run `python -m medrobust fit-decision` with `--fit-data`.")
     if kind != "none":
-        st.caption(f"Unperturbed: {o.verdict_text('clean')}. ‖δ‖₂ = {o.l2:.3f}, max |δ| = {o.linf:.3f}")
+        st.caption(f"Unperturbed: {o.verdict_text('clean')}. {stress.delta_meaning(o.l2, o.linf, o.image_size)}")
 
 
 desc = pert.describe()
 st.markdown(f"**{desc[:1].upper() + desc[1:]}**"
             + (f" · true class of this image: **{true_label}**" if true_label is not None else ""))
+st.caption("P(class) is the model's probability that the image shows that class (calibrated: after the temperature "
+           "fitted on validation patients). The mark under each verdict says what the perturbation did to it"
+           + (": right → wrong (red), wrong → right (green), or unchanged." if true_label is not None else
+              " (the true class is unknown, so only whether it changed)."))
 vmax = stress.shared_delta_scale(outcomes)
 cols = st.columns(len(outcomes))
 for i, (col, o) in enumerate(zip(cols, outcomes)):
@@ -262,14 +280,21 @@ for i, (col, o) in enumerate(zip(cols, outcomes)):
         pics = stress.card_images(o, vmax=vmax, target=192)
         a, b = st.columns(2)
         a.image(pics["perturbed"], caption="input seen by the model", width="stretch")
-        b.image(pics["perturbation"], caption=(f"perturbation ×{stress.magnification(vmax):.0f} "
-                                               "(red brighter, blue darker)") if vmax > 0 else "no perturbation",
-                width="stretch")
-        a, b = st.columns(2)
-        flat = {True: " (flat)", False: ""}
-        a.image(pics["cam_clean"], caption=f"Grad-CAM, clean{flat[stress.cam_is_flat(o.cam_clean)]}", width="stretch")
-        b.image(pics["cam_perturbed"], caption=f"Grad-CAM, perturbed{flat[stress.cam_is_flat(o.cam_pert)]}",
-                width="stretch")
+        if "perturbation" not in pics:  # the input is unchanged: its one Grad-CAM beside it, no empty or repeated tile
+            b.image(pics["cam_clean"], caption=stress.cam_caption(o, "", stress.cam_is_flat(o.cam_clean)),
+                    width="stretch")
+        else:
+            b.image(pics["perturbation"], caption=(f"perturbation ×{stress.magnification(vmax):.0f} "
+                                                   "(red brighter, blue darker)"), width="stretch")
+            a, b = st.columns(2)
+            a.image(pics["cam_clean"], caption=stress.cam_caption(o, "clean", stress.cam_is_flat(o.cam_clean)),
+                    width="stretch")
+            b.image(pics["cam_perturbed"], caption=stress.cam_caption(o, "perturbed", stress.cam_is_flat(o.cam_pert)),
+                    width="stretch")
+        cv = clean.views.get(o.name)
+        if cv is not None and cv.cam_grid:
+            st.caption(stress.cam_resolution(cam_layer, cv.cam_grid, o.image_size, cv.cam_layers))
+st.caption(stress.CAM_EXPLAINS)
 
 if flips:
     st.subheader("Smallest eps that flips each prediction")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -93,9 +94,30 @@ class Example:
     path: Path
 
     @property
-    def is_unseen(self) -> bool:
-        """Whether the shipped models never trained on this image (it is in their test split)."""
-        return self.split == "test"
+    def patient_key(self) -> str:
+        """The patient as a model card's split lists it (``<collection>:<patient id>``)."""
+        return f"{SOURCE_COLLECTION}:{self.patient_id}"
+
+    def seen_by(self, cards: Mapping[str, Mapping[str, Any] | None]) -> dict[str, bool | None]:
+        """Per model name: True if its card lists this patient among its training or validation patients, False if
+        the card lists patients and this one is not among them, None if the card lists none (unknown)."""
+        out: dict[str, bool | None] = {}
+        for name, card in cards.items():
+            split = (card or {}).get("split") or {}
+            seen = set(split.get("train_patients") or ()) | set(split.get("val_patients") or ())
+            out[name] = (self.patient_key in seen) if seen else None
+        return out
+
+    def exposure(self, cards: Mapping[str, Mapping[str, Any] | None]) -> str:
+        """What can be said about these models having seen this image, checked against their cards."""
+        seen = self.seen_by(cards)
+        trained = [n for n, v in seen.items() if v]
+        unknown = [n for n, v in seen.items() if v is None]
+        if trained:
+            return f"seen in training by {', '.join(trained)}"
+        if unknown:
+            return f"unknown whether {', '.join(unknown)} saw it (no training patients on the card)"
+        return "never seen by these models (checked against their cards)"
 
     @property
     def caption(self) -> str:
@@ -104,6 +126,9 @@ class Example:
                 f"Source: {self.source_url}, via {self.dataset_url}. Licence: {self.license} "
                 f"({self.license_url}). Changes: {self.changes}.")
 
+
+#: The collection every example comes from, as model cards name its patients.
+SOURCE_COLLECTION = "covid-chestxray"
 
 _FIELDS = ("file", "label", "class_name", "finding", "view", "split", "patient_id", "source_file", "license",
            "license_url", "source_url", "doi", "dataset_url", "attribution", "changes")

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import pandas as pd
 import streamlit as st
 
-from medrobust import report
+from medrobust import audit_text, report
 
 METRICS = {k: report.METRIC_LABELS[k][0].upper() + report.METRIC_LABELS[k][1:] for k in ("balanced_accuracy", "auroc", "accuracy")}
 SUITES = {"clinical": "clinical (graded, MedMNIST-C)", "paper": "paper scale (noise variance 0.1-1.0)"}
@@ -32,7 +32,8 @@ def curve_controls(results: Sequence[dict[str, Any]]) -> tuple[str, str]:
     return suite, metric
 
 
-@st.cache_data(show_spinner="Paired patient-level bootstrap…", max_entries=8)
+# cache_resource, not cache_data: the pairs are read-only and cache_data would pickle them on every hit.
+@st.cache_resource(show_spinner="Paired patient-level bootstrap…", max_entries=8)
 def _pairs(signature: tuple, _results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     del signature  # the cache key: which result files
     return report.paired_differences(_results)
@@ -104,10 +105,12 @@ def audit_section(results: Sequence[dict[str, Any]]) -> None:
                 "instead of the lungs. Each model is shown its test images three times: as they are, with the "
                 "central lung field blanked, and with only the outer border blanked.")
     st.dataframe(pd.DataFrame(report.audit_rows(audited)), hide_index=True)
+    # Worded from the stored numbers (medrobust.audit_text): the test set's sentence once, then each model's own.
+    for line in audit_text.set_lines(audited):
+        st.markdown(line)
     for r in audited:
-        verdicts = r["audit"].get("verdicts", [])
-        if verdicts:
-            st.markdown(f"**{r['name']}**\n" + "\n".join(f"- {v}" for v in verdicts))
+        verdicts = audit_text.model_sentences(r["audit"]["masking"], r["audit"].get("cam"), name=r["name"])
+        st.markdown(f"**{r['name']}**\n" + "\n".join(f"- {v}" for v in verdicts))
     st.caption("Lungs blanked: pixels in the central 60 % x 60 % of the image set to mid-grey; border blanked: the "
                "outer 12 % band. A model well above chance with the lungs blanked reads something other than the "
                "lungs. Intervals and thresholds are in each result's `audit.config`.")
@@ -153,7 +156,7 @@ def decision_section(results: Sequence[dict[str, Any]]) -> None:
         st.dataframe(pd.DataFrame(report.calibration_change_rows(fitted)), hide_index=True)
 
 
-@st.cache_data(show_spinner="Deciding the paper's claims (paired patient bootstrap)…", max_entries=8)
+@st.cache_resource(show_spinner="Deciding the paper's claims (paired patient bootstrap)…", max_entries=8)
 def _claims(signature: tuple, _results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     from medrobust.claims import decide_claims
 

@@ -228,14 +228,25 @@ def test_stress_test_png_sliders_and_four_predictions(dashboard_env):
     assert "showing an example" in _texts(at)
     at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like()), "image/png")).run()
     _no_exception(at)
-    assert len(_predictions(at)) == 4
+    # The default is the clinical suite, each level with its physical meaning.
+    assert at.radio(key="kind").value == "clinical"
+    assert len(_predictions(at)) == 4 and "Gaussian noise, level 2: σ 0.08 (about 20 of 255 grey levels)" in _texts(at)
+    for corruption, level, meaning in (("jpeg_compression", 4, "JPEG quality 3"), ("poisson_noise", 5, "5 photons"),
+                                       ("gaussian_blur", 1, "blur kernel 11 px"), ("resolution_loss", 2, "12 px across")):
+        at.selectbox(key="corruption").set_value(corruption).run()
+        at.select_slider(key="level").set_value(level).run()
+        _no_exception(at)
+        assert len(_predictions(at)) == 4 and meaning in _texts(at), corruption
+    at.radio(key="kind").set_value("none").run()
     clean = _predictions(at)
-    # Noise: pick it, move the severity slider.
+    assert len(clean) == 4
+    # The paper's noises on the paper's scale, said in grey levels.
     at.radio(key="kind").set_value("gaussian").run()
+    assert at.slider(key="severity").value == 0.1 and "σ 0.32, 81 of 255 grey levels" in _texts(at)
     at.slider(key="severity").set_value(0.8).run()
     _no_exception(at)
     assert len(_predictions(at)) == 4
-    assert "severity 0.8" in _texts(at)
+    assert "severity 0.8" in _texts(at) and "of 255 grey levels" in _texts(at)
     assert all(m.delta in ("changed", "unchanged") for m in at.metric if m.label in VERDICT_LABELS)  # label unknown
     for kind in ("salt_and_pepper", "speckle"):
         at.radio(key="kind").set_value(kind).run()
@@ -247,6 +258,8 @@ def test_stress_test_png_sliders_and_four_predictions(dashboard_env):
     at.slider(key="steps").set_value(3).run()
     _no_exception(at)
     assert len(_predictions(at)) == 4 and "L2 PGD, eps 2" in _texts(at)
+    assert "eps 2 spread evenly is 0.0089 per pixel, 2 of 255 grey levels" in _texts(at)
+    assert "L2 length, pixels on a 0–1 scale" in _texts(at) and "largest single-pixel change" in _texts(at)
     at.radio(key="mode").set_value("transfer").run()
     at.selectbox(key="source_model").set_value("robust").run()
     _no_exception(at)
@@ -446,6 +459,41 @@ def test_app_runs_on_the_shipped_checkpoints(monkeypatch):
     _no_exception(at)
 
 
+def _cam_captions(at: AppTest) -> list[str]:
+    return [c for img in at.image for c in img.captions if c.startswith("Grad-CAM")]
+
+
+def test_stress_test_grad_cam_names_its_class_and_grid_and_draws_no_empty_or_repeated_tile(dashboard_env):
+    import zipfile
+
+    at = _page(STRESS)
+    at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like()), "image/png")).run()
+    at.radio(key="kind").set_value("none").run()
+    _no_exception(at)
+    # No perturbation: per model the input and one Grad-CAM, no "no perturbation" tile, no "perturbed" map.
+    captions = [c for img in at.image for c in img.captions]
+    cams = _cam_captions(at)
+    assert len(cams) == 4 and not any("perturb" in c for c in captions), captions
+    # Each map names the class it explains: the model's most probable class on that input.
+    snap = json.loads(at.session_state["stress_snapshot"]["json"])
+    assert [c.split(" (flat")[0] for c in cams] == [f"Grad-CAM for {m['clean']['class']}" for m in snap["models"]]
+    assert "most probable" in snap["grad_cam_explains"] and "most probable on that input" in _texts(at)
+    with zipfile.ZipFile(io.BytesIO(at.session_state["stress_snapshot"]["zip"])) as zf:
+        assert not any(n.endswith(("perturbation.png", "cam_perturbed.png")) for n in zf.namelist())
+    # And the layer and native grid behind it (32 px models: layer3 by default, a 2×2 map).
+    assert _texts(at).count("layer3: 2×2 map, upsampled bilinearly to 32 px") == 4
+    # With a perturbation: a clean and a perturbed map per model, each naming its own input's class.
+    at.radio(key="kind").set_value("gaussian").run()
+    _no_exception(at)
+    cams = [c.split(" (flat")[0] for c in _cam_captions(at)]
+    snap = json.loads(at.session_state["stress_snapshot"]["json"])
+    assert cams == [f"Grad-CAM for {m[which]['class']}, {which} input" for m in snap["models"]
+                    for which in ("clean", "perturbed")]
+    at.selectbox(key="cam_layer").set_value("layer3+layer4").run()
+    _no_exception(at)
+    assert _texts(at).count("layer3 + layer4: 2×2 and 1×1 maps averaged, upsampled bilinearly to 32 px") == 4
+
+
 def test_stress_test_runs_apgd_and_the_worst_case(dashboard_env):
     at = _page(STRESS)
     at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like()), "image/png")).run()
@@ -526,3 +574,37 @@ def test_overview_shows_the_operating_points_referral_and_conformal_coverage(shi
     assert list(table["model"]) == ["standard", "robust", "augmix", "robustaugmix"]
     assert all("[" in v for v in table["specificity"])  # with its patient-bootstrap interval
     assert "prevalence" in text
+
+
+def test_stress_test_marks_a_change_by_its_direction_when_the_label_is_known(shipped_env):
+    """An attack that moves a wrong answer to the true class is "wrong → right" in green, never a red failure."""
+    at = _page(STRESS)  # the first example: a labelled COVID-19 image of the shipped models' test split
+    at.radio(key="kind").set_value("pgd").run()
+    at.slider(key="eps").set_value(5.0).run()
+    at.slider(key="steps").set_value(5).run()
+    _no_exception(at)
+    from streamlit.proto.Metric_pb2 import Metric as MetricProto
+
+    marks = {(m.delta, MetricProto.MetricColor.Name(m.proto.color)) for m in at.metric if m.label in VERDICT_LABELS}
+    assert {d for d, _ in marks} <= {"right → wrong", "wrong → right", "unchanged"}, marks
+    colours = {"right → wrong": "RED", "wrong → right": "GREEN", "unchanged": "GRAY"}
+    for delta, colour in marks:
+        assert colour == colours[delta], (delta, colour)
+    assert "right → wrong (red), wrong → right (green)" in _texts(at)
+
+
+def test_examples_say_what_is_known_about_the_models_having_seen_them(dashboard_env):
+    from medrobust.dashboard import examples
+
+    shipped = examples.list_examples()
+    test_ex = next(e for e in shipped if e.split == "test")
+    train_ex = next(e for e in shipped if e.split == "train")
+    card = json.loads((REPO / "checkpoints" / "standard.json").read_text())
+    assert test_ex.exposure({"standard": card}) == "never seen by these models (checked against their cards)"
+    assert train_ex.exposure({"standard": card}) == "seen in training by standard"
+    assert test_ex.exposure({"mine": {"name": "mine"}}).startswith("unknown whether mine saw it")
+    # The tiny self-made models of dashboard_env were not trained on these patients' collection: the page never
+    # calls an example unseen unless the models' cards show it.
+    at = _page(STRESS)
+    labels = at.selectbox(key="example").options
+    assert len(labels) == len(shipped) and not any("never seen" in label for label in labels), labels

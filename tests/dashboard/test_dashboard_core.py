@@ -236,6 +236,29 @@ def test_snapshot_and_zip_hold_no_file_name(model_set):
     assert "snapshot.json" in names and "standard/perturbation.png" in names and len(names) == 1 + 4 * 4
 
 
+def test_grad_cam_depths_grids_captions_and_no_repeated_map_without_a_perturbation(model_set):
+    m = model_set.ok_models[0]
+    assert stress.CAM_DEPTHS[0] == "layer3+layer4"
+    assert stress.cam_layer_for(m.model, "layer3+layer4") == ("layer3", "layer4")
+    assert stress.cam_grid_of(m.model, "layer3+layer4", 128) == ((8, 8), (4, 4))
+    assert stress.cam_resolution("layer3+layer4", ((8, 8), (4, 4)), 128, ("layer3", "layer4")) == \
+        "layer3 + layer4: 8×8 and 4×4 maps averaged, upsampled bilinearly to 128 px"
+    px = xray_like(64).astype(np.float32)
+    clean = stress.analyse_clean(model_set, px, cam_layer="layer3+layer4")
+    v = clean.views[m.name]
+    assert v.cam_layers == ("layer3", "layer4") and v.cam_grid == ((2, 2), (1, 1))  # 32 px models
+    assert stress.analyse_clean(model_set, px, with_cam=False).views[m.name].cam_grid == ()
+    none = stress.run_stress(model_set, clean, stress.Perturbation(kind="none"))
+    assert all(set(stress.card_images(o, vmax=0.0, target=64)) == {"perturbed", "cam_clean"} for o in none)
+    o = none[0]
+    assert stress.cam_caption(o, "") == f"Grad-CAM for {o.classes[o.clean_pred]}"
+    noisy = stress.run_stress(model_set, clean, stress.Perturbation(kind="gaussian", severity=0.5))
+    o = noisy[0]
+    assert set(stress.card_images(o, vmax=1.0, target=64)) == {"perturbed", "perturbation", "cam_clean", "cam_perturbed"}
+    assert stress.cam_caption(o, "perturbed", True) == \
+        f"Grad-CAM for {o.classes[o.pred]}, perturbed input (flat: the map marks no region)"
+
+
 def test_pictures_are_uint8_rgb_at_a_multiple_of_the_model_size(model_set):
     px = xray_like(64).astype(np.float32)
     out = stress.run_stress(model_set, stress.analyse_clean(model_set, px), stress.Perturbation(kind="speckle", severity=0.5))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from medrobust.choices import Arch
-from medrobust.gradcam import LAYERS, gradcam
+from medrobust.gradcam import LAYERS, cam_grid, gradcam
 from medrobust.models import build_model, cam_layers, fold_batchnorm
 
 ARCHS = [a.value for a in Arch]
@@ -133,3 +133,90 @@ def test_bad_layers_classes_and_inputs_are_refused():
         gradcam(copy.deepcopy(model).train(), x)
     with pytest.raises(TypeError, match="XrayNet"):
         gradcam(nn.Linear(2, 2), x)
+
+
+# --------------------------------------------------------------------------- several layers, native grid
+
+
+def test_several_layers_give_the_mean_of_their_peak_scaled_maps_and_cam_grid_names_their_size():
+    model = _model("resnet18")
+    x = torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(3))
+    assert cam_grid(model, size=128) == ((4, 4),)
+    assert cam_grid(model, ("layer4", "layer3"), size=128) == ((8, 8), (4, 4))  # shallow -> deep, whatever the order
+    assert cam_grid(model, "layer2", size=(64, 48)) == ((8, 6),)
+    for c in range(3):
+        both, logits = gradcam(model, x, layer=("layer4", "layer3"), class_index=c)
+        l3, logits3 = gradcam(model, x, layer="layer3", class_index=c)
+        l4, _ = gradcam(model, x, layer="layer4", class_index=c)
+        assert torch.equal(logits, logits3)
+        mean = (l3 + l4) / 2
+        expected = mean / mean.max() if mean.max() > 0 else mean
+        np.testing.assert_allclose(both, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="Unknown Grad-CAM layer 'layer5'"):
+        gradcam(model, x, layer=("layer3", "layer5"))
+    with pytest.raises(ValueError, match="at least one"):
+        gradcam(model, x, layer=())
+
+
+# --------------------------------------------------------------------------- the grad-cam package as an oracle
+
+
+def _minmax(cam: np.ndarray) -> np.ndarray:
+    cam = cam.astype(np.float64) - cam.min()
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+@pytest.mark.parametrize("arch, size", [("resnet18", (128, 128)), ("efficientnet_b0", (96, 80))])
+def test_gradcam_equals_the_grad_cam_package_on_the_same_model_layer_and_class(arch, size):
+    """Our hook-free Grad-CAM against pytorch-grad-cam (``pip install grad-cam``), which hooks the module.
+
+    Both take the class logit's gradient (``ClassifierOutputTarget(c)`` is ``logits[c]``), average it
+    over space for the channel weights and keep the ReLU of the weighted sum. They differ only in how
+    the map is scaled: pytorch-grad-cam min-max scales the native map, resizes it with cv2 (bilinear,
+    half-pixel centres, like ``F.interpolate(align_corners=False)``) and min-max scales again; we
+    upsample and divide by the peak, so that 0 keeps meaning "no evidence". Bilinear upsampling is
+    linear, so the two maps are the same up to an offset and a scale; min-max scaling both compares
+    their shapes exactly (to float rounding), at 1e-4. (Both, not only ours: the package divides by
+    ``max + 1e-7``, which shrinks its top below 1 where the raw map is tiny, ~1e-11 for a random-init
+    EfficientNet.)
+
+    For several layers pytorch-grad-cam averages the layers' min-max scaled maps where we average
+    peak-scaled ones: the same where each map's minimum is 0, close otherwise (correlation > 0.999,
+    within 0.05 everywhere).
+    """
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = _model(arch)
+    x = torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(4))
+    hooked = copy.deepcopy(model).requires_grad_(True)  # the package hooks modules: never on the shared model
+    names = cam_layers(model)
+
+    def oracle(stage_indices, c):
+        mods = [hooked.net.get_submodule(_last_module(arch, i)) for i in stage_indices]
+        with GradCAM(model=hooked, target_layers=mods) as cam:
+            return cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(c)])[0]
+
+    compared = 0
+    for i, layer in enumerate(names):
+        for c in range(3):
+            ours, _ = gradcam(model, x, layer=layer, class_index=c)
+            ref = oracle([i], c)
+            assert ref.shape == ours.shape == size
+            if ours.max() == 0:  # the gradient vanished: both maps are all zero
+                assert ref.max() == 0, f"{arch}/{layer}/class {c}"
+                continue
+            np.testing.assert_allclose(_minmax(ours), _minmax(ref), atol=1e-4, err_msg=f"{arch}/{layer}/class {c}")
+            compared += 1
+    assert compared >= 6, f"{arch}: too many all-zero maps for the comparison to mean much"  # of 12
+    for c in range(3):  # the dashboard's default: the two deepest stages together
+        ours, _ = gradcam(model, x, layer=names[2:], class_index=c)
+        ref = oracle([2, 3], c)
+        if ours.max() == 0:
+            assert ref.max() == 0, f"{arch}/layers 3+4/class {c}"
+            continue
+        assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.999, f"{arch}/class {c}"
+        np.testing.assert_allclose(_minmax(ours), _minmax(ref), atol=0.05, err_msg=f"{arch}/layers 3+4/class {c}")
+    # The package hooked only its own copy.
+    assert all(not mod._forward_hooks for mod in model.modules())

@@ -161,6 +161,7 @@ def test_the_image_holds_the_app_and_nothing_private(staged):
     app = staged.workdir
     assert staged.workdir == staged.host_path("/app")
     for needed in ("app.py", "medrobust/imaging.py", "medrobust/dashboard/hosting.py", ".streamlit/config.toml",
+                   "medrobust/dashboard/favicon.svg",  # served inline: no icon fetched from the internet
                    "checkpoints/robust.safetensors", "checkpoints/robust.json", *_app_pages()):
         assert (app / needed).is_file(), needed
     for absent in ("tests", "benchmarks", "data", "results", ".git", ".venv", ".hypothesis"):

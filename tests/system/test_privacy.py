@@ -62,13 +62,14 @@ NEEDLES = [m.encode() for m in MARKERS] + [m.split("^")[0].encode() for m in MAR
 def tagged_dicom(arr: np.ndarray | None, *, transfer_syntax: str = "explicit", photometric: str = "MONOCHROME2",
                  pixel_bytes: bytes | None = None, rows: int | None = None, cols: int | None = None, **extra) -> bytes:
     """A DICOM whose identifying tags (and a private tag) all hold marker strings."""
-    from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                             JPEG2000Lossless, RLELossless)
+    from pydicom.uid import (JPEG2000, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                             JPEG2000Lossless, JPEGLosslessSV1, JPEGLSNearLossless, RLELossless)
 
     ds = base_dataset(TAGS.get("PatientName", ""))
     meta = ds.file_meta
     ts = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian, "big": ExplicitVRBigEndian,
-          "rle": ExplicitVRLittleEndian, "j2k": JPEG2000Lossless}[transfer_syntax]
+          "rle": ExplicitVRLittleEndian, "j2k": JPEG2000Lossless, "j2k lossy": ExplicitVRLittleEndian,
+          "jls near": ExplicitVRLittleEndian, "jpeg lossless": JPEGLosslessSV1}[transfer_syntax]
     meta.TransferSyntaxUID = ts
     meta.SourceApplicationEntityTitle = "MKRAETITLE000000"  # the file meta group is always read
     ds.Modality = "DX"
@@ -87,6 +88,17 @@ def tagged_dicom(arr: np.ndarray | None, *, transfer_syntax: str = "explicit", p
         setattr(ds, k, v)
     if transfer_syntax == "rle" and arr is not None and pixel_bytes is None:
         ds.compress(RLELossless, pix)
+    elif transfer_syntax == "j2k lossy" and arr is not None:
+        ds.compress(JPEG2000, pix, j2k_psnr=[50])
+    elif transfer_syntax == "jls near" and arr is not None:
+        ds.compress(JPEGLSNearLossless, pix, jls_error=2)
+    elif transfer_syntax == "jpeg lossless" and arr is not None:
+        from pydicom.encaps import encapsulate
+
+        from jpeg_codec import encode_lossless
+
+        ds.PixelData = encapsulate([encode_lossless(pix, precision=12)])
+        ds["PixelData"].VR = "OB"
     elif transfer_syntax == "j2k" and arr is not None:
         from pydicom.encaps import encapsulate
 
@@ -107,6 +119,9 @@ def _variants() -> dict[str, bytes]:
         "monochrome1 + window": tagged_dicom(arr, photometric="MONOCHROME1", WindowCenter=2000, WindowWidth=3000),
         "implicit VR": tagged_dicom(arr, transfer_syntax="implicit"),
         "RLE compressed": tagged_dicom(arr, transfer_syntax="rle"),
+        "JPEG 2000 lossy": tagged_dicom(arr, transfer_syntax="j2k lossy", photometric="MONOCHROME1"),
+        "JPEG-LS near-lossless": tagged_dicom(arr, transfer_syntax="jls near"),
+        "JPEG lossless": tagged_dicom(arr, transfer_syntax="jpeg lossless", WindowCenter=2000, WindowWidth=3000),
         "JPEG 2000, broken": tagged_dicom(arr, transfer_syntax="j2k"),
         "no pixel data": tagged_dicom(None),
         "truncated pixel data": tagged_dicom(arr, pixel_bytes=b"\x00" * 100),
@@ -199,7 +214,9 @@ def test_no_tag_value_reaches_a_result_an_exception_a_warning_or_a_log():
             except ImageDecodeError as exc:
                 outcomes[name] = "refused"
                 texts += _texts_of(exc)
-    assert outcomes["good"] == outcomes["monochrome1 + window"] == outcomes["RLE compressed"] == "ok"
+    for name in ("good", "monochrome1 + window", "RLE compressed", "JPEG 2000 lossy", "JPEG-LS near-lossless",
+                 "JPEG lossless"):
+        assert outcomes[name] == "ok", name
     for name in ("no pixel data", "truncated pixel data", "huge declared size", "JPEG 2000, broken"):
         assert outcomes[name] == "refused", name
     _assert_clean(*texts, cap.text())

@@ -196,7 +196,7 @@ EXPECTED_ERRORS = {
     "robust": ("robust.safetensors", "sha256", "does not match its card"),
     "augmix": ("augmix.safetensors", "sha256", "truncated"),
     "robustaugmix": ("robustaugmix.safetensors", "not a readable safetensors file"),
-    "evil": ("evil.safetensors", "not a readable safetensors file"),
+    "evil": ("evil.safetensors", "is a pickle", "never unpickles"),
 }
 
 

@@ -356,10 +356,11 @@ def test_import_keeps_fp16_and_a_medrobust_layout_file(tmp_path):
                      in_channels=3, mean=[0.4, 0.4, 0.4], out_dir=tmp_path / "c")
 
 
-def _pickle_refused(info) -> None:
+def _pickle_refused(info, path: Path) -> None:
     msg = str(info.value)
     assert "\n" not in msg and "never unpickles" in msg
-    assert "torch.load('model.pth', weights_only=True)" in msg and "save_file(" in msg
+    assert f"torch.load('{path}', weights_only=True)" in msg and "save_file(" in msg  # the user's own file
+    assert f"'{path}')" not in msg  # the conversion never writes over its source
 
 
 def test_pickled_files_are_refused_before_unpickling(tmp_path, monkeypatch):
@@ -380,10 +381,10 @@ def test_pickled_files_are_refused_before_unpickling(tmp_path, monkeypatch):
     for path, what in ((pth, "pickled PyTorch file"), (disguised, "torch.save zip"), (legacy, "is a pickle")):
         with pytest.raises(CheckpointError, match=what) as info:
             import_model(path, arch="resnet18", classes=["a", "b"], image_size=64, out_dir=tmp_path / "out")
-        _pickle_refused(info)
+        _pickle_refused(info, path)
     with pytest.raises(CheckpointError, match="pickled") as info:  # refused by name, even if missing
         import_model(tmp_path / "nothing.ckpt", arch="resnet18", classes=["a", "b"], image_size=64, out_dir=tmp_path)
-    _pickle_refused(info)
+    _pickle_refused(info, tmp_path / "nothing.ckpt")
     assert not (tmp_path / "out").exists()
 
 

@@ -317,3 +317,174 @@ def test_check_attacks_refuses_a_device_it_cannot_use_in_one_line(e2e, tmp_path,
                            "--n", "2", "--queries", "2", "--device", device])
     assert_one_line_error(rc, err, "check-attacks", expect)
     assert not any(tmp_path.iterdir())
+
+
+# ---- issue 23, items 8 and 9: no image vanishes in silence, and every message names the user's own data -----
+
+from synthetic_data import CLASSES, append_manifest_rows, write_manifest  # noqa: E402
+
+EVAL_FAST = ["--steps", "2", "--n-boot", "40", "--eps", "1", "--suites", "paper", "--no-progress"]
+
+
+def _train(tmp_path: Path, data: Path, *extra: str) -> tuple[int, str, str]:
+    return run_main(["train", "--method", "standard", "--preset", "smoke", "--image-size", "32", "--data", str(data),
+                     "--out", str(tmp_path / "run"), "--no-progress", *extra])
+
+
+def _imported_resnet(tmp_path: Path, classes) -> Path:
+    """A torchvision ResNet-18 (3 input channels) made evaluable with import-model."""
+    from safetensors.torch import save_file
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    net = resnet18(weights=None, num_classes=len(classes)).eval()
+    src = tmp_path / "hospital.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(src))
+    rc, _, err = run_main(["import-model", str(src), "--arch", "resnet18", "--classes", ",".join(classes),
+                           "--image-size", "32", "--in-channels", "3", "--out", str(tmp_path / "ckpt")])
+    assert rc == 0, err
+    return tmp_path / "ckpt" / "hospital.safetensors"
+
+
+def test_train_says_and_records_the_images_it_kept_and_dropped(e2e):
+    from medrobust.data import read_records
+
+    rc, _, err = e2e["train"]
+    assert rc == 0, err
+    _, report = read_records(e2e["data"])
+    assert sum(report.dropped.values()) > 0  # the synthetic COVID roots hold one row per drop reason
+    assert f"medrobust: data: {report.counts_line()}" in err.splitlines()
+    assert "dropped " in report.counts_line() and "not a frontal view" in report.counts_line()
+    assert any(line.startswith("medrobust: split: train ") for line in err.splitlines())
+    card = read_card(e2e["base"] / "run" / "model.safetensors")
+    assert card["data"]["dropped"] == dict(report.dropped)
+
+
+def test_evaluate_says_and_records_the_images_it_kept_and_dropped(e2e):
+    from medrobust.data import read_records
+
+    rc, _, err = e2e["evaluate"]
+    assert rc == 0, err
+    _, report = read_records(e2e["data"])
+    assert f"medrobust: data: {report.counts_line()}" in err.splitlines()
+    result = json.loads((e2e["base"] / "results" / "run.json").read_text())
+    assert result["data"]["dropped"] == dict(report.dropped) and result["data"]["kept"] == report.kept
+
+
+def test_evaluate_on_a_test_manifest_says_and_records_its_duplicate_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = _imported_resnet(tmp_path, sorted(CLASSES))
+    ds = write_manifest(tmp_path / "data", patients_per_class=2)
+    first, second = (k.split("/", 1) for k in list(ds.labels)[:2])
+    append_manifest_rows(ds.root, [{"path": p, "label": ds.labels[f"{s}/{p}"], "patient": "dup", "source": s}
+                                   for s, p in (first, second, first, second)])
+    rc, _, err = run_main(["evaluate", str(ckpt), "--test-manifest", str(ds.root), "--out", str(tmp_path / "res"),
+                           *EVAL_FAST])
+    assert rc == 0, err
+    assert "medrobust: data: kept 12 images (covid 4, normal 4, pneumonia 4); dropped 4: 4 duplicate path" in err
+    result = json.loads((tmp_path / "res" / "hospital.json").read_text())
+    assert result["n_test"] == 12 and result["data"]["dropped"] == {"duplicate path": 4}
+    assert result["data"]["per_class"] == {"covid": 4, "normal": 4, "pneumonia": 4}
+
+
+def test_a_file_listed_twice_with_two_labels_is_an_error_naming_both(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = write_manifest(tmp_path / "data", patients_per_class=6)
+    key = next(k for k, c in ds.labels.items() if c == "normal")
+    source, path = key.split("/", 1)
+    append_manifest_rows(ds.root, [{"path": path, "label": "covid", "patient": "again", "source": source}])
+    rc, _, err = _train(tmp_path, ds.root)
+    assert_one_line_error(rc, err, "train", "is listed twice with different labels: 'normal'")
+    assert "'covid'" in err and path in err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("typo", ["covdi", "Covid "])
+def test_a_mistyped_label_is_refused_with_did_you_mean(tmp_path, monkeypatch, typo):
+    monkeypatch.chdir(tmp_path)
+    ds = write_manifest(tmp_path / "data", patients_per_class=6)
+    key = next(k for k, c in ds.labels.items() if c == "covid")
+    source, path = key.split("/", 1)
+    rows = list(csv.DictReader(open(ds.root, newline="")))
+    for r in rows:
+        if r["path"] == path:
+            r["label"] = typo
+    with open(ds.root, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    rc, _, err = _train(tmp_path, ds.root)
+    assert_one_line_error(rc, err, "train", f"{typo.strip()!r} (1 image): did you mean 'covid'?")
+    assert "--classes" in err
+    # Listing the classes without the typo: its image would vanish, so it is refused as well ...
+    rc, _, err = _train(tmp_path, ds.root, "--classes", ",".join(CLASSES))
+    assert_one_line_error(rc, err, "train", "not in --classes): did you mean 'covid'?")
+    # ... while listing it keeps it as a class of its own.
+    assert _train(tmp_path, ds.root, "--classes", ",".join([*CLASSES, typo.strip()]))[0] == 0
+
+
+def test_a_class_of_fewer_than_five_images_is_refused_unless_listed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = write_manifest(tmp_path / "data", patients_per_class=6)
+    rare = tmp_path / "data" / "images" / "rare.png"
+    rare.write_bytes((tmp_path / "data" / next(iter(ds.labels)).split("/", 1)[1]).read_bytes())
+    append_manifest_rows(ds.root, [{"path": "images/rare.png", "label": "tuberculosis", "patient": "t1",
+                                    "source": "site-a"}])
+    rc, _, err = _train(tmp_path, ds.root)
+    assert_one_line_error(rc, err, "train", "'tuberculosis' (1 image): fewer than 5 images")
+    rc, _, err = _train(tmp_path, ds.root, "--classes", ",".join(CLASSES))  # left out: dropped, and said
+    assert rc == 0, err
+    assert "1 unknown class (tuberculosis 1)" in err
+
+
+def test_ten_images_give_the_empty_validation_split_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = write_manifest(tmp_path / "data", classes=("normal", "covid"), patients_per_class=5, images_per_patient=1)
+    rc, _, err = _train(tmp_path, ds.root)
+    assert_one_line_error(rc, err, "train", "The validation split is empty: the data hold 10 images of 10 patients")
+    assert "covid 5, normal 5" in err and "at least 6 patients" in err
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_classes_naming_an_absent_class_says_which_and_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = write_manifest(tmp_path / "data", patients_per_class=6)
+    rc, _, err = _train(tmp_path, ds.root, "--classes", "normal,pneumonia,flu")
+    assert_one_line_error(rc, err, "train", "--classes lists 'flu', but no image is labelled so")
+    assert "covid 12, normal 12, pneumonia 12" in err and "[" not in err and ".0" not in err
+    rc, _, err = _train(tmp_path, ds.root, "--classes", "normal,Pneumonia,covid")
+    assert_one_line_error(rc, err, "train", "'Pneumonia' (did you mean 'pneumonia'?)")
+
+
+@pytest.mark.parametrize("classes, match", [
+    ("covid,covid,x", "names 'covid' more than once; list each class once, in label order (e.g. 'covid,x')"),
+    ("covid", "names 1 class; a classifier needs at least two"),
+])
+def test_classes_option_says_what_is_wrong_with_the_names_given(classes, match):
+    rc, _, err = run_main(["train", "--method", "standard", "--classes", classes])
+    assert_usage_error(rc, err, match)
+
+
+def test_a_missing_manifest_is_called_a_manifest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = _train(tmp_path, Path("x.csv"))
+    assert_one_line_error(rc, err, "train", f"Manifest x.csv does not exist (looked for in {tmp_path})")
+    assert "Data folder" not in err and "No --data" not in err  # the user named it
+
+
+def test_evaluate_without_data_says_to_pass_data(e2e, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_main(["evaluate", str(e2e["base"] / "run"), "--out", str(tmp_path / "res"), *EVAL_FAST])
+    assert_one_line_error(rc, err, "evaluate", "Data folder data does not exist")
+    assert "No --data was given and MEDROBUST_DATA is unset" in err and "pass --data PATH" in err
+
+
+def test_evaluate_refuses_a_pickle_with_the_users_own_file_in_the_hint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pt = tmp_path / "my-net.pt"
+    torch.save({"conv1.weight": torch.zeros(2)}, pt)
+    ds = write_manifest(tmp_path / "data", patients_per_class=1)
+    rc, _, err = run_main(["evaluate", str(pt), "--test-manifest", str(ds.root), "--out", str(tmp_path / "res")])
+    assert_one_line_error(rc, err, "evaluate", "my-net.pt is a pickled PyTorch file (.pt); medrobust never unpickles")
+    assert f"torch.load('{pt}', weights_only=True)" in err and f"'{tmp_path / 'my-net.safetensors'}'" in err
+    assert "import-model" in err and "card" not in err and "model.pth" not in err

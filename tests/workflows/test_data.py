@@ -445,9 +445,10 @@ def test_manifest_classes_patients_sources_and_drop_reasons(tmp_path):
 
 def test_the_same_file_under_two_spellings_is_a_duplicate_path(tmp_path):
     m = write_manifest(tmp_path / "m", patients_per_class=2)
-    first = next(iter(m.labels)).split("/", 1)[1]
-    append_manifest_rows(m.root, [{"path": f"./{first}", "label": "covid", "patient": "x", "source": "site-a"},
-                                  {"path": str(tmp_path / "m" / first), "label": "covid", "patient": "y"}])
+    key, label = next(iter(m.labels.items()))
+    first = key.split("/", 1)[1]
+    append_manifest_rows(m.root, [{"path": f"./{first}", "label": label, "patient": "x", "source": "site-a"},
+                                  {"path": str(tmp_path / "m" / first), "label": label, "patient": "y"}])
     records, report = read_records([m.root])
     assert report.dropped == Counter({"duplicate path": 2}) and len(records) == m.kept
 
@@ -876,3 +877,100 @@ def test_k_class_kfold_is_a_patient_partition(data, seed, folds):
         n = sum(1 for v in label_of.values() if v == label)
         per_fold = [sum(1 for p in s.patients["test"] if label_of[p] == label) for s in splits]
         assert set(per_fold) <= {n // folds, -(-n // folds)}
+
+
+# ---- issue 23: labels that are probably mistakes, files listed twice, empty parts, named drops ----------------
+
+@pytest.mark.parametrize("name, others, similar", [
+    ("covdi", ["covid", "normal"], ["covid"]),  # two letters swapped
+    ("Covid", ["covid"], ["covid"]),  # case
+    ("non COVID", ["non-COVID", "COVID-19"], ["non-COVID"]),  # space for a hyphen
+    ("pneumona", ["pneumonia"], ["pneumonia"]),  # a letter missing
+    ("grade1", ["grade2", "grade3"], []),  # digits tell classes apart
+    ("0", ["1", "2"], []),  # MedMNIST's names
+    ("flu", ["flux"], []),  # too short for the one-letter rule
+    ("covid", ["normal", "pneumonia"], []),
+])
+def test_similar_names(name, others, similar):
+    assert D.similar_names(name, others) == similar
+
+
+def test_a_file_listed_twice_with_two_labels_is_refused_in_one_manifest_or_two(tmp_path):
+    m = write_manifest(tmp_path / "m", patients_per_class=2)
+    key = next(k for k, c in m.labels.items() if c == "pneumonia")
+    source, path = key.split("/", 1)
+    other = tmp_path / "other.csv"
+    other.write_text(f"path,label\n{tmp_path / 'm' / path},normal\n")
+    with pytest.raises(DataError, match="listed twice with different labels: 'pneumonia'") as info:
+        read_records([m.root, other], classes=list(CLASSES))
+    assert "'normal'" in str(info.value) and path in str(info.value)
+    append_manifest_rows(m.root, [{"path": path, "label": "covid", "patient": "p", "source": source}])
+    with pytest.raises(DataError, match="listed twice with different labels: 'pneumonia'"):
+        read_records([m.root])
+    # The same label twice stays a plain duplicate, dropped and counted.
+    m2 = write_manifest(tmp_path / "m2", patients_per_class=2)
+    append_manifest_rows(m2.root, [{"path": path, "label": "pneumonia", "patient": "p", "source": source}])
+    assert read_records([m2.root])[1].dropped == Counter({"duplicate path": 1})
+
+
+def test_unknown_labels_are_named_in_the_counts_line(tmp_path):
+    m = write_manifest(tmp_path / "m", patients_per_class=2)
+    _, report = read_records([m.root], classes=["normal", "covid"])
+    assert report.unknown_labels == Counter({"pneumonia": 4}) and report.to_dict()["unknown_labels"] == {"pneumonia": 4}
+    assert report.counts_line() == "kept 8 images (normal 4, covid 4); dropped 4: 4 unknown class (pneumonia 4)"
+    _, report = read_records([m.root])
+    assert report.counts_line() == "kept 12 images (covid 4, normal 4, pneumonia 4); dropped none"
+
+
+def _relabel(m, old: str, new: str, n: int) -> None:
+    rows = list(csv.DictReader(open(m.root, newline="")))
+    for r in [r for r in rows if r["label"] == old][:n]:
+        r["label"] = new
+    with open(m.root, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_check_training_classes(tmp_path):
+    m = write_manifest(tmp_path / "m", patients_per_class=6)
+    _, report = read_records([m.root])
+    D.check_training_classes(report, listed=None)  # three classes of 12 images, unlike each other
+    _relabel(m, "covid", "covdi", 1)
+    _relabel(m, "normal", "Normal", 5)  # five images: not small, but one letter's case from "normal"
+    _, report = read_records([m.root])
+    with pytest.raises(DataError) as info:
+        D.check_training_classes(report, listed=None)
+    msg = str(info.value)
+    assert "'Normal' (5 images): did you mean 'normal'?" in msg and "'covdi' (1 image): did you mean 'covid'?" in msg
+    assert "\n" not in msg and "--classes" in msg
+    D.check_training_classes(read_records([m.root], classes=["Normal", "normal", "covdi", "covid", "pneumonia"])[1],
+                             listed=["Normal", "normal", "covdi", "covid", "pneumonia"])  # listed: taken as is
+    with pytest.raises(DataError, match="'covdi' \\(1 image, not in --classes\\): did you mean 'covid'"):
+        D.check_training_classes(read_records([m.root], classes=["normal", "Normal", "covid", "pneumonia"])[1],
+                                 listed=["normal", "Normal", "covid", "pneumonia"])
+    with pytest.raises(DataError, match="--classes lists 'flu', but no image is labelled so"):
+        D.check_training_classes(read_records([m.root], classes=["normal", "flu"])[1], listed=["normal", "flu"])
+
+
+def test_check_split_parts_says_how_many_patients_and_what_to_do(tmp_path):
+    m = write_manifest(tmp_path / "m", classes=("normal", "covid"), patients_per_class=5, images_per_patient=1)
+    records, report = read_records([m.root])
+    split = split_by_patient(records, seed=0)
+    assert split.images["val"] == []
+    D.check_split_parts(split, records=records, parts=("train", "test"), classes=report.classes)
+    with pytest.raises(DataError) as info:
+        D.check_split_parts(split, records=records, parts=("train", "val", "test"), classes=report.classes)
+    assert str(info.value) == (
+        "The validation split is empty: the data hold 10 images of 10 patients (covid 5, normal 5 patients), split "
+        "into 8 training, 0 validation and 2 test patients; val gets 10% of each class's patients, rounded, so a "
+        "class needs at least 6 patients: give more data, or assign patients to train, val and test in a "
+        "manifest's split column.")
+
+
+def test_a_missing_root_says_what_it_is_and_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, kind in (("x.csv", "Manifest"), ("x.npz", "MedMNIST file"), ("x", "Data folder")):
+        with pytest.raises(D.DataRootMissing, match=f"^{kind} {name} does not exist") as info:
+            read_records([name])
+        assert str(tmp_path) in str(info.value) and info.value.root == Path(name)

@@ -124,7 +124,7 @@ def test_report_leads_with_the_pooled_table_and_paired_differences(cv):
     rc, out, err = cv["report"]
     assert rc == 0, err
     assert out.index("Cross-validated") < out.index("Table I")
-    assert "Paired differences against standard" in out and "cv-robust vs cv-standard" in out
+    assert "Paired differences against standard" in out and "cv-robust − cv-standard" in out
     assert "Clinical corruption suite" in out and "Severity check" in out
 
 

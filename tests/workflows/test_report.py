@@ -47,6 +47,7 @@ def test_test_set_words_claim_no_more_than_the_result_proves():
     assert "never saw" in report.test_set_text(_result(split_hash="abc"))
     manifest = report.test_set_text(_result(part="test-manifest"))
     assert "never saw" not in manifest and "cannot prove" in manifest
+    assert "checked against" in report.test_set_text(_result(part="test-manifest", test_patients_checked=True))
     assert "not proven" in report.test_set_text(_result())
 
 

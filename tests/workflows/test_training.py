@@ -150,6 +150,14 @@ def test_class_weights():
         class_weights(torch.tensor([1, 1, 1]))
 
 
+def test_class_weights_name_the_class_without_training_images():
+    with pytest.raises(ValueError) as info:
+        class_weights(torch.tensor([0, 0, 1]), num_classes=3, classes=("normal", "pneumonia", "flu"))
+    msg = str(info.value)
+    assert "no training image of flu (training images per class: normal 2, pneumonia 1, flu 0)" in msg
+    assert "[" not in msg and "--classes" in msg
+
+
 def test_eps_for_epoch_ramp():
     c = TrainConfig(eps=4.0, eps_ramp_epochs=4)
     assert [eps_for_epoch(c, e) for e in range(6)] == [1.0, 2.0, 3.0, 4.0, 4.0, 4.0]
