@@ -346,6 +346,18 @@ def table_claims(results: Sequence[dict[str, Any]]) -> list[str]:
     return parts
 
 
+def table_seed_spread(results: Sequence[dict[str, Any]]) -> list[str]:
+    """The seed spread kept beside each result set (``seed_spread.json``), as Markdown lines."""
+    from medrobust.seed_spread import load_spread, spread_markdown
+
+    parts = []
+    for folder, _ in result_groups(results):
+        spread = load_spread(folder)
+        if spread is not None:
+            parts += ["### Seed spread: how much a reseed alone moves the results", spread_markdown(spread), ""]
+    return parts
+
+
 def render_report(results: Sequence[dict[str, Any]]) -> str:
     """Both tables plus the per-eps table and warnings, as Markdown."""
     if not results:
@@ -357,6 +369,7 @@ def render_report(results: Sequence[dict[str, Any]]) -> str:
     pairs = paired_differences(results)
     for metric in ("balanced_accuracy", "auroc", "accuracy") if pairs else ():
         parts += [f"### Paired differences against standard: {METRIC_LABELS[metric]}", table_paired(pairs, metric=metric), ""]
+    parts += table_seed_spread(results)
     parts += table_claims(results)
     parts += ["### Table I — accuracy / balanced accuracy (%)", table_one(results), "",
               "### Adversarial accuracy per radius (worst case over the attack ensemble)", table_pgd(results), "",

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from medrobust import audit_text, report
+from medrobust.seed_spread import load_spread, spread_markdown
 
 METRICS = {k: report.METRIC_LABELS[k][0].upper() + report.METRIC_LABELS[k][1:] for k in ("balanced_accuracy", "auroc", "accuracy")}
 SUITES = {"clinical": "clinical (graded, MedMNIST-C)", "paper": "paper scale (noise variance 0.1-1.0)"}
@@ -87,11 +88,26 @@ def cross_validation_section(results: Sequence[dict[str, Any]]) -> None:
     else:
         st.caption("Paired differences need the standard method's pooled result and its per-sample logits "
                    "(`<name>.logits.npz`) beside the others'.")
+    seed_spread_section(cv)
     spread = [{"model": r["name"], **{f"fold {f['fold']} {k}": round(f['clean'][k], 3)
                                       for f in r["cv"]["fold_results"] for k in ("balanced_accuracy", "auroc")}}
               for r in cv]
     with st.expander("Per-fold clean scores"):
         st.dataframe(pd.DataFrame(spread), hide_index=True)
+
+
+def seed_spread_section(results: Sequence[dict[str, Any]]) -> None:
+    """Fold 0 retrained with other seeds (``seed_spread.json`` beside the results): how much a reseed alone moves
+    a number, so a reader can weigh a method difference against it."""
+    for folder, _ in report.result_groups(results):
+        try:
+            spread = load_spread(folder)
+        except ValueError as exc:
+            st.warning(f"The seed spread kept with these results cannot be read: {exc}")
+            continue
+        if spread is not None:
+            st.markdown("**Is a difference more than a reseed?** The same fold trained again with other seeds:")
+            st.markdown(spread_markdown(spread))
 
 
 def audit_section(results: Sequence[dict[str, Any]]) -> None:

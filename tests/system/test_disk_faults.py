@@ -76,7 +76,8 @@ def _assert_intact(run: Path, *, epoch: int) -> None:
 
 
 def _one_clear_line(err: str, *needles: str) -> str:
-    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("medrobust: note:")]
+    # "medrobust: data: ..." / "medrobust: note: ..." report what was read; the error is the one "medrobust train: error:" line
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("medrobust: ")]
     assert len(lines) == 1, err
     assert "Traceback" not in err and lines[0].startswith("medrobust train: error: ")
     for n in needles:

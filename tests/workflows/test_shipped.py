@@ -42,7 +42,7 @@ def test_readme_and_model_card_show_the_generated_tables():
             assert table in doc.read_text(), f"{doc.name} is stale: rerun `python scripts/update_results_docs.py`"
 
 
-CV_RESULTS = sorted((SHIPPED / "cv" / "results").glob("*.json"))
+CV_RESULTS = sorted((SHIPPED / "cv" / "results").glob("cv-*.json"))
 
 
 @pytest.mark.parametrize("path", CV_RESULTS, ids=[p.stem for p in CV_RESULTS])
@@ -69,6 +69,29 @@ def test_shipped_cross_validation_tests_every_image_once_and_recomputes(path):
         assert np.isclose(m["auroc"], row["auroc"], atol=1e-12, equal_nan=True)
     clean = classification_metrics(labels=ps.labels, probs=ps.probs(0))
     assert clean["rmsce"] == pytest.approx(result["calibration"]["rmsce"], abs=1e-12)
+
+
+@pytest.mark.skipif(not (SHIPPED / "cv" / "results" / "seed_spread.json").is_file(), reason="no shipped seed spread")
+def test_shipped_seed_spread_seed_zero_is_the_cross_validations_own_fold():
+    import numpy as np
+
+    from medrobust.evaluation import per_sample_of
+    from medrobust.metrics import classification_metrics
+    from medrobust.seed_spread import load_spread
+
+    spread = load_spread(SHIPPED / "cv" / "results")
+    eps = spread["eps"]
+    for method in ("standard", "robust"):
+        seeds = {r["seed"]: r for r in spread["rows"] if r["method"] == method}
+        assert len(seeds) >= 3 and 0 in seeds
+        ps = per_sample_of(load_results([SHIPPED / "cv" / "results" / f"cv-{method}-cpu-s0.json"])[0])
+        fold = ps.folds == spread["fold"]
+        assert int(fold.sum()) == spread["n_test"]
+        clean = classification_metrics(labels=ps.labels[fold], probs=ps.probs(0)[fold])
+        at = [c.severity for c in ps.conditions if c.suite == "attack"].index(eps)
+        robust = ps.attack_ok[:, at, :].all(axis=0)[fold]
+        assert seeds[0]["clean_auroc"] == pytest.approx(clean["auroc"], abs=1e-12)
+        assert seeds[0]["pgd_accuracy"] == pytest.approx(float(np.mean(robust)), abs=1e-12)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
