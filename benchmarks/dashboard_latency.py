@@ -8,7 +8,9 @@ checkpoints/; with no models there, four random-init ResNet-18s at 64 px are use
 * noise change -> four predictions (``run_stress`` without Grad-CAM): target < 150 ms;
 * noise change -> four full cards (predictions + Grad-CAM on the perturbed input);
 * PGD-20 (L2, eps 1 at 224 px) on one image for the four models, each attacked on its own: target < 3 s;
-* one bisection for the smallest flipping eps (one model).
+* one bisection for the smallest flipping eps (one model);
+* ``--sessions N`` concurrent sessions (threads), each asking for a noise change -> four predictions at the same
+  moment, with the cross-session batching of forwards (``MEDROBUST_BATCHING``) on and off, alternating rounds.
 
 The dashboard runs torch with ``MEDROBUST_TORCH_THREADS`` intra-op threads (default 1); so does this
 script unless --threads says otherwise. Figures depend on what else the machine is doing: the load
@@ -77,10 +79,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--pgd-repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("MEDROBUST_TORCH_THREADS", "1")))
+    ap.add_argument("--sessions", type=int, default=20, help="concurrent sessions for the batching comparison (0: skip)")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds of the batching comparison, each setting")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from medrobust.dashboard import stress
+    from medrobust.dashboard import clean_analysis, flip_search, modelset, perturbation, stress_run
 
     folder = Path(args.checkpoints)
     tmp = None
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory()
         folder = _random_set(Path(tmp.name))
         print(f"(no models in {args.checkpoints}: using four random-init ResNet-18s at 64 px)")
-    ms = stress.load_model_set(folder)
+    ms = modelset.load_model_set(folder)
     ok = ms.ok_models
     print(f"models: {', '.join(f'{m.name} ({m.image_size} px)' for m in ok)}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
@@ -96,31 +100,75 @@ def main(argv=None) -> int:
         print("no loadable model")
         return 1
     px = _xray()
-    clean = stress.analyse_clean(ms, px, cam_layer="layer3")
+    clean = clean_analysis.analyse_clean(ms, px, cam_layer="layer3")
     sev = iter(np.linspace(0.05, 1.0, 10_000))
 
     _report("noise change -> 4 predictions", _timeit(
-        lambda: stress.run_stress(ms, clean, stress.Perturbation(kind="gaussian", severity=float(next(sev))),
+        lambda: stress_run.run_stress(ms, clean, perturbation.Perturbation(kind="gaussian", severity=float(next(sev))),
                                   with_cam=False), args.repeats), target=0.150)
     _report("noise change -> 4 predictions + Grad-CAMs", _timeit(
-        lambda: stress.run_stress(ms, clean, stress.Perturbation(kind="speckle", severity=float(next(sev)))),
+        lambda: stress_run.run_stress(ms, clean, perturbation.Perturbation(kind="speckle", severity=float(next(sev)))),
         args.repeats))
     _report("new image -> clean analysis (4 models, CAM)", _timeit(
-        lambda: stress.analyse_clean(ms, px, cam_layer="layer3"), max(3, args.repeats // 4)))
+        lambda: clean_analysis.analyse_clean(ms, px, cam_layer="layer3"), max(3, args.repeats // 4)))
     seeds = iter(range(10_000))
     _report(f"PGD-20 x {len(ok)} models (own attack)", _timeit(
-        lambda: stress.run_stress(ms, clean, stress.Perturbation(kind="pgd", eps=1.0, steps=20, seed=next(seeds)),
+        lambda: stress_run.run_stress(ms, clean, perturbation.Perturbation(kind="pgd", eps=1.0, steps=20, seed=next(seeds)),
                                   with_cam=False), args.pgd_repeats), target=3.0)
     _report(f"PGD-20 transfer from one model to {len(ok)}", _timeit(
-        lambda: stress.run_stress(ms, clean, stress.Perturbation(kind="pgd", eps=1.0, steps=20, mode="transfer",
+        lambda: stress_run.run_stress(ms, clean, perturbation.Perturbation(kind="pgd", eps=1.0, steps=20, mode="transfer",
                                                                  source=ok[0].name, seed=next(seeds)), with_cam=False),
         args.pgd_repeats))
     v = clean.views[ok[0].name]
     _report("smallest flipping eps, one model (bisection)", _timeit(
-        lambda: stress.smallest_flip_eps(ok[0].model, v.x, label=v.pred, steps=20, seed=next(seeds)), 2))
+        lambda: flip_search.smallest_flip_eps(ok[0].model, v.x, label=v.pred, steps=20, seed=next(seeds)), 2))
+    if args.sessions > 0:
+        _concurrent(ms, px, sessions=args.sessions, rounds=args.rounds)
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def _concurrent(ms, px: np.ndarray, *, sessions: int, rounds: int) -> None:
+    """``sessions`` threads released together, each one noise change -> four predictions on its own image; batching
+    on and off in alternate rounds. Prints per-request p50/p95 and the wall time of a round."""
+    import threading
+
+    from medrobust.dashboard import batching, clean_analysis, perturbation, stress_run
+
+    rng = np.random.default_rng(1)
+    cleans = [clean_analysis.analyse_clean(ms, np.clip(px + 0.05 * rng.standard_normal(px.shape), 0, 1).astype(np.float32),
+                                           with_cam=False) for _ in range(sessions)]
+    figures: dict[str, tuple[list[float], list[float]]] = {"on": ([], []), "off": ([], [])}
+    sev = iter(np.linspace(0.05, 1.0, 10_000))
+    for r in range(2 * rounds):
+        flag = "on" if r % 2 == 0 else "off"
+        os.environ["MEDROBUST_BATCHING"] = "1" if flag == "on" else "0"
+        start, lat = threading.Barrier(sessions), []
+
+        def one(clean) -> None:
+            pert = perturbation.Perturbation(kind="gaussian", severity=float(next(sev)))
+            start.wait()
+            t = time.perf_counter()
+            stress_run.run_stress(ms, clean, pert, with_cam=False)
+            lat.append(time.perf_counter() - t)
+
+        threads = [threading.Thread(target=one, args=(c,)) for c in cleans]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        figures[flag][0].extend(lat)
+        figures[flag][1].append(time.perf_counter() - t0)
+    os.environ.pop("MEDROBUST_BATCHING", None)
+    for flag, (lat, walls) in figures.items():
+        print(f"{sessions} sessions at once, noise change -> 4 predictions, batching {flag:<3} per request p50 "
+              f"{statistics.median(lat) * 1000:7.1f} ms  p95 {np.percentile(lat, 95) * 1000:7.1f} ms; a round "
+              f"{statistics.median(walls) * 1000:7.1f} ms (n={len(walls)})")
+    sizes = [batching.batcher_for(m.model).stats for m in ms.ok_models]
+    print("  batches formed with batching on: " + ", ".join(f"{s.rows} rows in {s.batches} (largest {s.largest})"
+                                                              for s in sizes))
 
 
 if __name__ == "__main__":

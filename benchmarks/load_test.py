@@ -33,11 +33,12 @@ if str(REPO / "tests") not in sys.path:
 
 import numpy as np  # noqa: E402
 
-NOISES = (("gaussian", "Gaussian noise"), ("salt_and_pepper", "salt & pepper"), ("speckle", "speckle noise"))
+NOISES = (("gaussian", "Gaussian noise (paper scale)"), ("salt_and_pepper", "salt & pepper (paper scale)"),
+          ("speckle", "speckle noise (paper scale)"))
 SEVERITIES = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0, 0.2, 0.35, 0.5, 0.65, 0.8)
 
 
-DEFAULT_SEVERITY = 0.3  # the page's slider default
+DEFAULT_SEVERITY = 0.1  # the page's slider default
 
 
 def plan(session: int, n: int) -> list[tuple[str, str, float]]:
@@ -60,21 +61,30 @@ def session_image(session: int) -> bytes:
 
 
 def expected_answers(checkpoints: Path, sessions: int, n: int) -> dict[tuple[int, int], list[tuple[str, float]]]:
-    """What each prediction must show: per model (in card order), the class and P(COVID-19)."""
-    from medrobust.dashboard import stress
+    """What each prediction must show: per model (in card order), the verdict and P(COVID-19) as the card states them
+    (at the operating point and calibrated where the model has a fitted decision rule, else the raw most probable class
+    and probability)."""
+    from medrobust.dashboard import clean_analysis, modelset, perturbation, stress_run
     from medrobust.imaging import decode_image
 
-    model_set = stress.load_model_set(checkpoints)
+    model_set = modelset.load_model_set(checkpoints)
     sizes = sorted({m.image_size for m in model_set.ok_models})
     cam_layer = "layer4" if min(sizes) >= 128 else "layer3"
     out = {}
     for s in range(sessions):
         px = decode_image(session_image(s)).pixels
-        clean = stress.analyse_clean(model_set, px, cam_layer=cam_layer)
+        clean = clean_analysis.analyse_clean(model_set, px, cam_layer=cam_layer)
         for i, (kind, _, sev) in enumerate(plan(s, n)):
-            outcomes = stress.run_stress(model_set, clean, stress.Perturbation(kind=kind, severity=sev))
-            out[(s, i)] = [(o.label, o.p_covid) for o in outcomes]
+            outcomes = stress_run.run_stress(model_set, clean, perturbation.Perturbation(kind=kind, severity=sev))
+            out[(s, i)] = [_shown(o) for o in outcomes]
     return out
+
+
+def _shown(outcome) -> tuple[str, float]:
+    """What a card shows: the verdict and P(tracked class), calibrated where the model has a fitted decision rule."""
+    decided = outcome.decided()
+    p = float(decided["probs"][outcome.tracked_class]) if decided is not None else outcome.p_tracked
+    return outcome.verdict_text(), p
 
 
 @dataclass
@@ -89,8 +99,11 @@ def _answers(page) -> list[tuple[str, float]]:
     return list(zip(page.predictions, probs))
 
 
-def run_session(url: str, s: int, n: int, start: threading.Barrier, result: SessionResult, timeout: float) -> None:
-    """One browser tab: open the Stress test, upload its image, then ``n`` predictions (one rerun each)."""
+def run_session(url: str, s: int, n: int, start: threading.Barrier, result: SessionResult, timeout: float,
+                fragments: bool = True) -> None:
+    """One browser tab: open the Stress test, upload its image, then ``n`` predictions (one rerun each: of the page's
+    panel alone, as a browser asks when a widget inside an ``st.fragment`` changes, or of the whole page with
+    ``fragments=False``)."""
     from st_client import StreamlitSession
 
     try:
@@ -103,7 +116,8 @@ def run_session(url: str, s: int, n: int, start: threading.Barrier, result: Sess
                 return
             for i, (kind, label, sev) in enumerate(plan(s, n)):
                 t = time.perf_counter()
-                page = client.set_values({"kind": label} if i == 0 else {"kind": label, "severity": sev})
+                page = client.set_values({"kind": label} if i == 0 else {"kind": label, "severity": sev},
+                                         fragments=fragments)
                 result.latencies.append(time.perf_counter() - t)
                 if page.exceptions or page.errors:
                     result.errors.append(f"session {s} prediction {i}: {page.exceptions or page.errors}")
@@ -112,7 +126,8 @@ def run_session(url: str, s: int, n: int, start: threading.Barrier, result: Sess
         result.errors.append(f"session {s}: {type(exc).__name__}: {exc}")
 
 
-def run_load(url: str, *, sessions: int, predictions: int, expected, rss=None, timeout: float = 600.0) -> dict:
+def run_load(url: str, *, sessions: int, predictions: int, expected, rss=None, timeout: float = 600.0,
+             fragments: bool = True) -> dict:
     """Run the sessions at once; returns the figures (and every problem found)."""
     results = [SessionResult() for _ in range(sessions)]
     start = threading.Barrier(sessions)
@@ -126,7 +141,7 @@ def run_load(url: str, *, sessions: int, predictions: int, expected, rss=None, t
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    threads = [threading.Thread(target=run_session, args=(url, s, predictions, start, results[s], timeout), daemon=True)
+    threads = [threading.Thread(target=run_session, args=(url, s, predictions, start, results[s], timeout, fragments), daemon=True)
                for s in range(sessions)]
     t0 = time.perf_counter()
     for t in threads:
@@ -179,13 +194,20 @@ def tiny_model_set(folder: Path, size: int = 32) -> Path:
     return folder
 
 
+#: Settings passed on from this process's environment to the server, so a run can be measured with each on and off
+#: (the server otherwise gets only the image's environment).
+FORWARDED_ENV = ("MEDROBUST_BATCHING", "MEDROBUST_BATCH_WAIT_MS", "MEDROBUST_BATCH_MAX", "MEDROBUST_GC_FREEZE",
+                 "STREAMLIT_RUNNER_POST_SCRIPT_GC")
+
+
 def serve(checkpoints: Path, workdir: Path):
-    """The image's entry point from a staged copy of /app, loopback only."""
+    """The image's entry point from a staged copy of /app, loopback only (with :data:`FORWARDED_ENV` passed on)."""
     from hosting_helpers import free_port, stage_image, start_server, with_port
 
     image = stage_image(workdir / "image", substitute={"checkpoints": checkpoints})
     port = free_port()
-    return start_server(with_port(image.entrypoint, port, "127.0.0.1"), cwd=image.workdir, env=image.env,
+    env = {**image.env, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+    return start_server(with_port(image.entrypoint, port, "127.0.0.1"), cwd=image.workdir, env=env,
                         workdir=workdir / "server", port=port)
 
 
@@ -199,6 +221,9 @@ def report(fig: dict, mem: dict | None) -> str:
         lines.append(f"server memory: {mem['rss_before'] / mib:.0f} MiB before, max {mem['rss_first_half_max'] / mib:.0f} "
                      f"MiB in the first half, {mem['rss_second_half_max'] / mib:.0f} MiB in the second, "
                      f"{mem['rss_after'] / mib:.0f} MiB after; peak RSS {mem['peak'] / mib:.0f} MiB")
+    forwarded = [f"{k}={os.environ[k]}" for k in FORWARDED_ENV if k in os.environ]
+    if forwarded:
+        lines.append("server settings: " + ", ".join(forwarded))
     try:
         lines.append(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     except OSError:
@@ -212,6 +237,8 @@ def main(argv=None) -> int:
     ap.add_argument("--predictions", type=int, default=10, help="per session")
     ap.add_argument("--checkpoints", type=Path, help="model set (default: four random 32 px models)")
     ap.add_argument("--url", help="an already running server (its model set must be --checkpoints)")
+    ap.add_argument("--full-reruns", action="store_true",
+                    help="every prediction reruns the whole page (as before the page had fragments)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -235,7 +262,7 @@ def main(argv=None) -> int:
                     s.upload("upload", "warmup.png", session_image(999), "image/png")
             before = server.rss_bytes() if server else 0
             fig = run_load(url, sessions=args.sessions, predictions=args.predictions, expected=expected,
-                           rss=server.rss_bytes if server else None)
+                           rss=server.rss_bytes if server else None, fragments=not args.full_reruns)
             time.sleep(1.0)
             mem = memory_figures(before, fig["rss_samples"], server.rss_bytes(), server.peak_rss_bytes()) if server else None
         finally:

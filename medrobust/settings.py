@@ -13,6 +13,11 @@
 * ``MEDROBUST_DEMO``: ``1`` runs the dashboard as a public demo: training hidden unless an admin token is set,
   PGD steps and the flip search capped, a "research models, not a diagnostic device" notice on every page
   (default off)
+* ``MEDROBUST_BATCHING``: ``0`` turns off the dashboard's cross-session batching of model forwards (default on)
+* ``MEDROBUST_BATCH_WAIT_MS``: how long a queued forward waits for others to batch with (milliseconds) (default ``2``)
+* ``MEDROBUST_BATCH_MAX``: the most images one batched forward takes (default ``16``)
+* ``MEDROBUST_GC_FREEZE``: ``0`` keeps the dashboard from moving the objects alive once its models are loaded out of
+  the garbage collector's sight (``gc.freeze``) (default on)
 
 Nothing is read at import time: a test (or a user) that changes a variable changes the next decision.
 """
@@ -34,6 +39,10 @@ ENV_CPU_BF16 = "MEDROBUST_CPU_BF16"
 ENV_TORCH_THREADS = "MEDROBUST_TORCH_THREADS"
 ENV_DICOM_TIMEOUT = "MEDROBUST_DICOM_TIMEOUT_S"
 ENV_DEMO = "MEDROBUST_DEMO"
+ENV_BATCHING = "MEDROBUST_BATCHING"
+ENV_BATCH_WAIT_MS = "MEDROBUST_BATCH_WAIT_MS"
+ENV_BATCH_MAX = "MEDROBUST_BATCH_MAX"
+ENV_GC_FREEZE = "MEDROBUST_GC_FREEZE"
 
 
 def _path(var: str, default: str | Path) -> Path:
@@ -118,6 +127,34 @@ def dicom_timeout_s(default: float = 15.0) -> float:
     except ValueError:
         return default
     return value if value > 0 else default
+
+
+def batching() -> bool:
+    """``MEDROBUST_BATCHING``: False for ``0``/``false``/``no``/``off`` (any case), else True."""
+    return (os.environ.get(ENV_BATCHING) or "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def gc_freeze() -> bool:
+    """``MEDROBUST_GC_FREEZE``: False for ``0``/``false``/``no``/``off`` (any case), else True."""
+    return (os.environ.get(ENV_GC_FREEZE) or "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def batch_wait_ms(default: float = 2.0) -> float:
+    """``MEDROBUST_BATCH_WAIT_MS``: how long a queued forward waits for company (a bad value means the default)."""
+    try:
+        value = float(os.environ.get(ENV_BATCH_WAIT_MS) or default)
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+def batch_max_size(default: int = 16) -> int:
+    """``MEDROBUST_BATCH_MAX``: the most images in one batched forward (a bad value means the default)."""
+    try:
+        value = int(os.environ.get(ENV_BATCH_MAX) or default)
+    except ValueError:
+        return default
+    return value if value >= 1 else default
 
 
 #: The fitted input check beside the shipped models (``<checkpoints>/input_check.safetensors`` + ``.json``): not a model.

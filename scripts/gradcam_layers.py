@@ -99,18 +99,18 @@ def deletion(model, x: torch.Tensor, cam: np.ndarray, c: int, blurred: torch.Ten
 
 def measure(models, images, layers: list[str], q: float) -> dict[str, list[dict]]:
     """One row per (image, model, layer, class)."""
-    from medrobust.dashboard import stress
+    from medrobust.dashboard import camdepth, clean_analysis
     from medrobust.gradcam import gradcam
 
     rows: dict[str, list[dict]] = {layer: [] for layer in layers}
     for file, pixels in images:
         for m in models:
-            x = stress.prepare_input(pixels, m.image_size)
+            x = clean_analysis.prepare_input(pixels, m.image_size)
             masks = regions(file, m.image_size)
             blurred = blur(x)
             for layer in layers:
-                own = stress.cam_layer_for(m.model, layer)
-                grid = "+".join(f"{h}x{w}" for h, w in stress.cam_grid_of(m.model, layer, m.image_size))
+                own = camdepth.cam_layer_for(m.model, layer)
+                grid = "+".join(f"{h}x{w}" for h, w in camdepth.cam_grid_of(m.model, layer, m.image_size))
                 for c in range(m.model.num_classes):
                     cam, logits = gradcam(m.model, x, layer=own, class_index=c)
                     total = float(cam.sum())
@@ -164,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    from medrobust.dashboard import examples, stress
+    from medrobust.dashboard import examples, modelset, samples
     from medrobust.imaging import decode_image
 
-    models = stress.load_model_set(args.checkpoints).ok_models
+    models = modelset.load_model_set(args.checkpoints).ok_models
     if not models:
         print(f"No loadable models in {args.checkpoints}.", file=sys.stderr)
         return 1
@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     side = models[0].image_size
     sets = [(f"The {len(shipped)} shipped example X-rays (lung boxes drawn by hand)", shipped)]
     if args.data:
-        samples = stress.test_samples(args.data, models[0].card, limit=args.limit)
-        sets.append((f"{len(samples)} test-split images of {', '.join(args.data)} (no lung boxes)",
-                     [(None, decode_image(Path(s.path).read_bytes()).pixels) for s in samples]))
+        test_split = samples.test_samples(args.data, models[0].card, limit=args.limit)
+        sets.append((f"{len(test_split)} test-split images of {', '.join(args.data)} (no lung boxes)",
+                     [(None, decode_image(Path(s.path).read_bytes()).pixels) for s in test_split]))
     for title, images in sets:
         masks = [regions(f, side) for f, _ in images]
         areas = {k: (np.mean([mk[k].mean() for mk in masks if mk[k] is not None])

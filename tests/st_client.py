@@ -38,6 +38,7 @@ class Page:
     elements: list = field(default_factory=list)  # streamlit.proto Element messages
     status: int | None = None  # ForwardMsg.ScriptFinishedStatus
     seconds: float = 0.0
+    fragment_of: dict = field(default_factory=dict)  # widget id -> id of the st.fragment that drew it
 
     def of(self, kind: str) -> list:
         return [e for e in self.elements if e.WhichOneof("type") == kind]
@@ -48,7 +49,7 @@ class Page:
 
     @property
     def predictions(self) -> list[str]:
-        from medrobust.dashboard.stress import VERDICT_LABELS
+        from medrobust.dashboard.captions import VERDICT_LABELS
 
         return [body for label, body in self.metrics if label in VERDICT_LABELS]
 
@@ -84,6 +85,12 @@ class Page:
         raise KeyError(f"No widget with key {key!r} on the page.")
 
 
+def _widget_id(element) -> str:
+    kind = element.WhichOneof("type")
+    wid = getattr(getattr(element, kind), "id", None) if kind else None
+    return wid if isinstance(wid, str) else ""
+
+
 class StreamlitSession:
     """One browser tab: ``with StreamlitSession(url) as s: page = s.run("stress-test")``."""
 
@@ -92,15 +99,17 @@ class StreamlitSession:
         self.timeout = timeout
         parts = urlsplit(self.base_url)
         self.host, self.port = parts.hostname, parts.port
+        self.cookies: dict[str, str] = {}  # every cookie the server set, sent back as a browser does (a proxy's too)
         self.xsrf = self._fetch_xsrf_cookie()
         protocols = [Subprotocol("streamlit")] + ([Subprotocol(self.xsrf)] if self.xsrf else [])
         self.ws = connect(f"ws://{self.host}:{self.port}/_stcore/stream", subprotocols=protocols,
-                          additional_headers={"Cookie": f"{XSRF_COOKIE}={self.xsrf}"} if self.xsrf else None,
+                          additional_headers={"Cookie": self._cookie_header()} if self.cookies else None,
                           max_size=None, open_timeout=timeout, close_timeout=5, legacy=True)
         self.session_id: str | None = None
         self.widgets: dict[str, WidgetState] = {}
         self.page_name = ""
         self.last: Page | None = None
+        self._drawn: dict[tuple, tuple[object, str]] = {}
 
     # -- plumbing
     def _http(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
@@ -112,14 +121,18 @@ class StreamlitSession:
         finally:
             conn.close()
 
+    def _cookie_header(self) -> str:
+        return "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+
     def _fetch_xsrf_cookie(self) -> str:
         status, headers, _ = self._http("GET", "/_stcore/health")  # the browser's first call; sets the cookie
         if status != 200:
             raise StreamlitProtocolError(f"GET /_stcore/health answered {status}")
         for name, value in headers:
-            if name.lower() == "set-cookie" and value.startswith(XSRF_COOKIE + "="):
-                return value.split(";", 1)[0].split("=", 1)[1].strip('"')
-        return ""
+            if name.lower() == "set-cookie":
+                key, _, val = value.split(";", 1)[0].partition("=")
+                self.cookies[key.strip()] = val.strip()
+        return self.cookies.get(XSRF_COOKIE, "").strip('"')
 
     def _send(self, msg: BackMsg) -> None:
         self.ws.send(msg.SerializeToString())
@@ -137,31 +150,44 @@ class StreamlitSession:
         return msg
 
     # -- API
-    def run(self, page_name: str | None = None, *, timeout: float | None = None) -> Page:
-        """Ask for a rerun with the current widget states and collect what the script draws."""
+    def run(self, page_name: str | None = None, *, timeout: float | None = None, fragment_id: str = "") -> Page:
+        """Ask for a rerun with the current widget states and collect what the script draws.
+
+        With ``fragment_id`` only that fragment reruns, as when the browser reports a change of a widget inside an
+        ``st.fragment``; the returned page is then the last page with the fragment's part redrawn (the browser keeps
+        everything outside the fragment and replaces what the fragment drew).
+        """
         if page_name is not None:
             self.page_name = page_name
         state = ClientState(query_string="", page_name=self.page_name,
-                            widget_states=WidgetStates(widgets=list(self.widgets.values())))
+                            widget_states=WidgetStates(widgets=list(self.widgets.values())), fragment_id=fragment_id)
         t0 = time.monotonic()
         self._send(BackMsg(rerun_script=state))
         deadline = t0 + (timeout or self.timeout)
-        elements: dict[tuple, object] = {}
+        drawn: dict[tuple, tuple[object, str]] = {}  # delta path -> (element or None for a block, fragment id)
         while True:
             msg = self._recv(deadline)
             kind = msg.WhichOneof("type")
             if kind == "new_session":
-                elements.clear()
+                drawn.clear()
                 if msg.new_session.initialize.session_id:
                     self.session_id = msg.new_session.initialize.session_id
                 self.config = msg.new_session.config
-            elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
-                elements[tuple(msg.metadata.delta_path)] = msg.delta.new_element
+            elif kind == "delta" and msg.delta.WhichOneof("type") in ("new_element", "add_block"):
+                element = msg.delta.new_element if msg.delta.WhichOneof("type") == "new_element" else None
+                drawn[tuple(msg.metadata.delta_path)] = (element, msg.delta.fragment_id)
             elif kind == "script_finished":
                 if msg.script_finished == ForwardMsg.FINISHED_EARLY_FOR_RERUN:
                     continue
-                page = Page(elements=[elements[k] for k in sorted(elements)], status=msg.script_finished,
-                            seconds=time.monotonic() - t0)
+                if fragment_id:  # keep what the fragment did not draw, replace what it drew
+                    self._drawn = {k: v for k, v in self._drawn.items() if v[1] != fragment_id}
+                    self._drawn.update(drawn)
+                else:
+                    self._drawn = drawn
+                page = Page(elements=[self._drawn[k][0] for k in sorted(self._drawn) if self._drawn[k][0] is not None],
+                            status=msg.script_finished, seconds=time.monotonic() - t0)
+                page.fragment_of = {w: f for k, (e, f) in self._drawn.items() if e is not None and f
+                                    for w in [_widget_id(e)] if w}
                 self.last = page
                 return page
 
@@ -188,7 +214,9 @@ class StreamlitSession:
             path = "/" + path
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(len(body))}
         if self.xsrf:
-            headers.update({"X-Xsrftoken": self.xsrf, "Cookie": f"{XSRF_COOKIE}={self.xsrf}"})
+            headers["X-Xsrftoken"] = self.xsrf
+        if self.cookies:
+            headers["Cookie"] = self._cookie_header()
         status, _, answer = self._http("PUT", path, body=body, headers=headers)
         if status not in (200, 204):
             raise StreamlitProtocolError(f"upload answered {status}: {answer[:200]!r}")
@@ -197,7 +225,13 @@ class StreamlitSession:
         return self.run(timeout=timeout)
 
     def set_values(self, values: dict[str, str | float], **kw) -> Page:
-        """Set several widgets by key in one rerun: a str for a radio/selectbox label, a float for a slider."""
+        """Set several widgets by key in one rerun: a str for a radio/selectbox label, a float for a slider.
+
+        As the browser does, a change of widgets that all sit in one ``st.fragment`` reruns that fragment only
+        (``fragments=False`` asks for a full rerun instead).
+        """
+        fragments = kw.pop("fragments", True)
+        ids = []
         for key, value in values.items():
             wid = self.last.widget_id(key)
             ws = WidgetState(id=wid)
@@ -206,19 +240,16 @@ class StreamlitSession:
             else:
                 ws.double_array_value.data[:] = [float(value)]
             self.widgets[wid] = ws
-        return self.run(**kw)
+            ids.append(wid)
+        owners = {self.last.fragment_of.get(w, "") for w in ids}
+        fragment = owners.pop() if fragments and len(owners) == 1 else ""
+        return self.run(fragment_id=fragment, **kw)
 
     def set_radio(self, key: str, label: str, **kw) -> Page:
-        wid = self.last.widget_id(key)
-        self.widgets[wid] = WidgetState(id=wid, string_value=label)
-        return self.run(**kw)
+        return self.set_values({key: label}, **kw)
 
     def set_slider(self, key: str, value: float, **kw) -> Page:
-        wid = self.last.widget_id(key)
-        ws = WidgetState(id=wid)
-        ws.double_array_value.data[:] = [float(value)]
-        self.widgets[wid] = ws
-        return self.run(**kw)
+        return self.set_values({key: float(value)}, **kw)
 
     def close(self) -> None:
         try:

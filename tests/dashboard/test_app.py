@@ -27,7 +27,7 @@ from dashboard_fixtures import (  # noqa: F401 - fixtures
     xray_like,
 )
 from medrobust import report
-from medrobust.dashboard.stress import VERDICT_LABELS
+from medrobust.dashboard.captions import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
@@ -270,7 +270,7 @@ def test_stress_test_png_sliders_and_four_predictions(dashboard_env):
     # The snapshot is offered for download and kept for the Downloads page.
     labels = [b.label for b in at.get("download_button")]
     assert any("snapshot" in l.lower() for l in labels)
-    assert at.session_state["stress_snapshot"]["zip"][:2] == b"PK"
+    assert at.session_state["stress_snapshot"]["zip"]()[:2] == b"PK"  # built when downloaded
 
 
 def test_stress_test_shows_an_example_xray_without_any_upload(dashboard_env):
@@ -449,6 +449,12 @@ def test_app_runs_on_the_shipped_checkpoints(monkeypatch):
     monkeypatch.setenv("MEDROBUST_CHECKPOINTS", str(shipped))
     at = _app()
     _no_exception(at)
+    # A fresh clone opens on the four cross-validated methods, pooled over every labelled image, with the
+    # seed spread beside the paired differences.
+    text = _texts(at)
+    assert "Cross-validated results" in text and "571 images of 348 patients" in text
+    assert all(f"cv-{m}" in text for m in ("standard", "robust", "augmix", "robustaugmix"))
+    assert "Is a difference more than a reseed?" in text
     at.switch_page(STRESS).run()
     at.file_uploader[0].set_value(("chest.png", _example_png(1), "image/png")).run()
     _no_exception(at)
@@ -478,7 +484,7 @@ def test_stress_test_grad_cam_names_its_class_and_grid_and_draws_no_empty_or_rep
     snap = json.loads(at.session_state["stress_snapshot"]["json"])
     assert [c.split(" (flat")[0] for c in cams] == [f"Grad-CAM for {m['clean']['class']}" for m in snap["models"]]
     assert "most probable" in snap["grad_cam_explains"] and "most probable on that input" in _texts(at)
-    with zipfile.ZipFile(io.BytesIO(at.session_state["stress_snapshot"]["zip"])) as zf:
+    with zipfile.ZipFile(io.BytesIO(at.session_state["stress_snapshot"]["zip"]())) as zf:
         assert not any(n.endswith(("perturbation.png", "cam_perturbed.png")) for n in zf.namelist())
     # And the layer and native grid behind it (32 px models: layer3 by default, a 2×2 map).
     assert _texts(at).count("layer3: 2×2 map, upsampled bilinearly to 32 px") == 4

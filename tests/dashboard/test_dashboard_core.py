@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from dashboard_fixtures import tiny_checkpoints, xray_like  # noqa: F401 - fixture
-from medrobust.dashboard import jobs, plots, resultsets, stress
+from medrobust.dashboard import (camdepth, captions, clean_analysis, flip_search, jobs, modelset, perturbation, plots,
+                                 resultsets, snapshot, stress_run, tiles)
 from medrobust.gradcam import gradcam
 from medrobust.models import build_model
 
@@ -99,7 +100,7 @@ def test_gradcam_refuses_train_mode_and_bad_layers():
 
 @pytest.fixture(scope="module")
 def model_set(tiny_checkpoints):
-    return stress.load_model_set(tiny_checkpoints)
+    return modelset.load_model_set(tiny_checkpoints)
 
 
 def test_model_set_loads_all_four_frozen(model_set):
@@ -119,7 +120,7 @@ def test_a_bad_checkpoint_becomes_an_error_entry(tiny_checkpoints, tmp_path):
     w.write_bytes(w.read_bytes()[:-100])
     (dst / "junk.safetensors").write_bytes(b"not a checkpoint")
     (dst / "junk.json").write_text("{}")
-    ms = stress.load_model_set(dst)
+    ms = modelset.load_model_set(dst)
     errors = {m.name: m.error for m in ms.models}
     assert "card" in errors["augmix"] and "sha256" in errors["robust"]
     assert errors["junk"] and errors["standard"] is None and errors["robustaugmix"] is None
@@ -127,42 +128,42 @@ def test_a_bad_checkpoint_becomes_an_error_entry(tiny_checkpoints, tmp_path):
 
 
 def test_an_empty_folder_gives_a_message(tmp_path):
-    ms = stress.load_model_set(tmp_path)
+    ms = modelset.load_model_set(tmp_path)
     assert not ms.models and "No model checkpoints found" in ms.message
 
 
 def test_same_settings_give_the_same_picture(model_set):
     px = xray_like(100).astype(np.float32)
-    clean = stress.analyse_clean(model_set, px)
-    for pert in (stress.Perturbation(kind="speckle", severity=0.4, seed=3),
-                 stress.Perturbation(kind="salt_and_pepper", severity=0.2, seed=3),
-                 stress.Perturbation(kind="pgd", eps=2.0, steps=3, seed=3),
-                 stress.Perturbation(kind="pgd", eps=2.0, steps=3, seed=3, mode="transfer", source="augmix")):
-        a = stress.run_stress(model_set, clean, pert)
-        b = stress.run_stress(model_set, stress.analyse_clean(model_set, px), pert)
+    clean = clean_analysis.analyse_clean(model_set, px)
+    for pert in (perturbation.Perturbation(kind="speckle", severity=0.4, seed=3),
+                 perturbation.Perturbation(kind="salt_and_pepper", severity=0.2, seed=3),
+                 perturbation.Perturbation(kind="pgd", eps=2.0, steps=3, seed=3),
+                 perturbation.Perturbation(kind="pgd", eps=2.0, steps=3, seed=3, mode="transfer", source="augmix")):
+        a = stress_run.run_stress(model_set, clean, pert)
+        b = stress_run.run_stress(model_set, clean_analysis.analyse_clean(model_set, px), pert)
         for oa, ob in zip(a, b):
             np.testing.assert_array_equal(oa.x_pert, ob.x_pert)
             assert oa.p_covid == ob.p_covid and oa.pred == ob.pred
             np.testing.assert_array_equal(oa.cam_pert, ob.cam_pert)
-    other = stress.run_stress(model_set, clean, stress.Perturbation(kind="speckle", severity=0.4, seed=4))
+    other = stress_run.run_stress(model_set, clean, perturbation.Perturbation(kind="speckle", severity=0.4, seed=4))
     assert not np.array_equal(other[0].x_pert, a[0].x_pert)
 
 
 def test_outcomes_report_predictions_changes_and_perturbation(model_set):
     px = xray_like(64).astype(np.float32)
-    clean = stress.analyse_clean(model_set, px)
-    none = stress.run_stress(model_set, clean, stress.Perturbation())
+    clean = clean_analysis.analyse_clean(model_set, px)
+    none = stress_run.run_stress(model_set, clean, perturbation.Perturbation())
     assert all(o.ok and not o.flipped and o.l2 == 0 and o.p_covid == o.clean_p for o in none)
-    noisy = stress.run_stress(model_set, clean, stress.Perturbation(kind="gaussian", severity=0.5))
+    noisy = stress_run.run_stress(model_set, clean, perturbation.Perturbation(kind="gaussian", severity=0.5))
     assert all(o.l2 > 0 and 0 <= o.p_covid <= 1 and o.pred in (0, 1) for o in noisy)
     # One noise draw is shared by all models of the same size: a fair comparison.
     assert all(np.array_equal(o.x_pert, noisy[0].x_pert) for o in noisy)
-    pgd = stress.run_stress(model_set, clean, stress.Perturbation(kind="pgd", eps=3.0, steps=4))
+    pgd = stress_run.run_stress(model_set, clean, perturbation.Perturbation(kind="pgd", eps=3.0, steps=4))
     eps_px = 3.0 * 32 / 224
     for o in pgd:
         assert o.l2 <= eps_px + 1e-4 and o.eps_pixels == pytest.approx(eps_px)
         assert o.p_covid - o.clean_p == pytest.approx(o.delta_p)
-    transfer = stress.run_stress(model_set, clean, stress.Perturbation(kind="pgd", eps=3.0, steps=4, mode="transfer",
+    transfer = stress_run.run_stress(model_set, clean, perturbation.Perturbation(kind="pgd", eps=3.0, steps=4, mode="transfer",
                                                                        source="robust"))
     assert all(np.array_equal(o.x_pert, transfer[1].x_pert) for o in transfer)
     np.testing.assert_array_equal(transfer[1].x_pert, pgd[1].x_pert)  # the source sees its own attack
@@ -175,13 +176,13 @@ def test_outcomes_report_predictions_changes_and_perturbation(model_set):
 
 def test_perturbation_validation():
     with pytest.raises(ValueError):
-        stress.Perturbation(kind="blur").validate()
+        perturbation.Perturbation(kind="blur").validate()
     with pytest.raises(ValueError):
-        stress.Perturbation(kind="gaussian", severity=1.5).validate()
+        perturbation.Perturbation(kind="gaussian", severity=1.5).validate()
     with pytest.raises(ValueError):
-        stress.Perturbation(kind="pgd", eps=6).validate()
+        perturbation.Perturbation(kind="pgd", eps=6).validate()
     with pytest.raises(ValueError):
-        stress.Perturbation(kind="pgd", steps=0).validate()
+        perturbation.Perturbation(kind="pgd", steps=0).validate()
 
 
 class _Linear(nn.Module):
@@ -208,14 +209,14 @@ def test_smallest_flip_eps_finds_the_analytic_boundary_of_a_linear_model():
         margin = abs(float(model(x)[0, 1] * 2))
     dist_px = margin / float(model.w.norm())
     expected = dist_px * 224 / side
-    res = stress.smallest_flip_eps(model, x, steps=20, tol=0.01, max_eps=5.0)
+    res = flip_search.smallest_flip_eps(model, x, steps=20, tol=0.01, max_eps=5.0)
     assert res.eps is not None and res.eps == pytest.approx(expected, rel=0.05, abs=0.02)
     assert res.eps_pixels == pytest.approx(res.eps * side / 224)
-    assert stress._flip_witness(model, x, int(model(x).argmax()), res.eps * 0.8, steps=20, seed=0) is None
+    assert flip_search._flip_witness(model, x, int(model(x).argmax()), res.eps * 0.8, steps=20, seed=0) is None
     # A model that cannot be flipped inside the budget says so.
     with torch.no_grad():
         model.b += 1000.0
-    far = stress.smallest_flip_eps(model, x, steps=5, max_eps=5.0)
+    far = flip_search.smallest_flip_eps(model, x, steps=5, max_eps=5.0)
     assert far.eps is None and "not flipped" in far.describe()
 
 
@@ -224,48 +225,48 @@ def test_snapshot_and_zip_hold_no_file_name(model_set):
     import io
 
     px = xray_like(64).astype(np.float32)
-    clean = stress.analyse_clean(model_set, px)
-    pert = stress.Perturbation(kind="gaussian", severity=0.3, seed=7)
-    out = stress.run_stress(model_set, clean, pert)
-    snap = stress.snapshot(model_set=model_set, pert=pert, outcomes=out, image={"format": "PNG"})
+    clean = clean_analysis.analyse_clean(model_set, px)
+    pert = perturbation.Perturbation(kind="gaussian", severity=0.3, seed=7)
+    out = stress_run.run_stress(model_set, clean, pert)
+    snap = snapshot.snapshot(model_set=model_set, pert=pert, outcomes=out, image={"format": "PNG"})
     text = json.dumps(snap, default=float)
     assert "gaussian" in text and len(snap["models"]) == 4 and snap["perturbation"]["seed"] == 7
     assert all(m["checkpoint_sha256"] for m in snap["models"])
-    z = zipfile.ZipFile(io.BytesIO(stress.snapshot_zip(snap, out)))
+    z = zipfile.ZipFile(io.BytesIO(snapshot.snapshot_zip(snap, out)))
     names = z.namelist()
     assert "snapshot.json" in names and "standard/perturbation.png" in names and len(names) == 1 + 4 * 4
 
 
 def test_grad_cam_depths_grids_captions_and_no_repeated_map_without_a_perturbation(model_set):
     m = model_set.ok_models[0]
-    assert stress.CAM_DEPTHS[0] == "layer3+layer4"
-    assert stress.cam_layer_for(m.model, "layer3+layer4") == ("layer3", "layer4")
-    assert stress.cam_grid_of(m.model, "layer3+layer4", 128) == ((8, 8), (4, 4))
-    assert stress.cam_resolution("layer3+layer4", ((8, 8), (4, 4)), 128, ("layer3", "layer4")) == \
+    assert camdepth.CAM_DEPTHS[0] == "layer3+layer4"
+    assert camdepth.cam_layer_for(m.model, "layer3+layer4") == ("layer3", "layer4")
+    assert camdepth.cam_grid_of(m.model, "layer3+layer4", 128) == ((8, 8), (4, 4))
+    assert captions.cam_resolution("layer3+layer4", ((8, 8), (4, 4)), 128, ("layer3", "layer4")) == \
         "layer3 + layer4: 8×8 and 4×4 maps averaged, upsampled bilinearly to 128 px"
     px = xray_like(64).astype(np.float32)
-    clean = stress.analyse_clean(model_set, px, cam_layer="layer3+layer4")
+    clean = clean_analysis.analyse_clean(model_set, px, cam_layer="layer3+layer4")
     v = clean.views[m.name]
     assert v.cam_layers == ("layer3", "layer4") and v.cam_grid == ((2, 2), (1, 1))  # 32 px models
-    assert stress.analyse_clean(model_set, px, with_cam=False).views[m.name].cam_grid == ()
-    none = stress.run_stress(model_set, clean, stress.Perturbation(kind="none"))
-    assert all(set(stress.card_images(o, vmax=0.0, target=64)) == {"perturbed", "cam_clean"} for o in none)
+    assert clean_analysis.analyse_clean(model_set, px, with_cam=False).views[m.name].cam_grid == ()
+    none = stress_run.run_stress(model_set, clean, perturbation.Perturbation(kind="none"))
+    assert all(set(tiles.card_images(o, vmax=0.0, target=64)) == {"perturbed", "cam_clean"} for o in none)
     o = none[0]
-    assert stress.cam_caption(o, "") == f"Grad-CAM for {o.classes[o.clean_pred]}"
-    noisy = stress.run_stress(model_set, clean, stress.Perturbation(kind="gaussian", severity=0.5))
+    assert tiles.cam_caption(o, "") == f"Grad-CAM for {o.classes[o.clean_pred]}"
+    noisy = stress_run.run_stress(model_set, clean, perturbation.Perturbation(kind="gaussian", severity=0.5))
     o = noisy[0]
-    assert set(stress.card_images(o, vmax=1.0, target=64)) == {"perturbed", "perturbation", "cam_clean", "cam_perturbed"}
-    assert stress.cam_caption(o, "perturbed", True) == \
+    assert set(tiles.card_images(o, vmax=1.0, target=64)) == {"perturbed", "perturbation", "cam_clean", "cam_perturbed"}
+    assert tiles.cam_caption(o, "perturbed", True) == \
         f"Grad-CAM for {o.classes[o.pred]}, perturbed input (flat: the map marks no region)"
 
 
 def test_pictures_are_uint8_rgb_at_a_multiple_of_the_model_size(model_set):
     px = xray_like(64).astype(np.float32)
-    out = stress.run_stress(model_set, stress.analyse_clean(model_set, px), stress.Perturbation(kind="speckle", severity=0.5))
-    pics = stress.card_images(out[0], vmax=stress.shared_delta_scale(out), target=192)
+    out = stress_run.run_stress(model_set, clean_analysis.analyse_clean(model_set, px), perturbation.Perturbation(kind="speckle", severity=0.5))
+    pics = tiles.card_images(out[0], vmax=tiles.shared_delta_scale(out), target=192)
     for p in pics.values():
         assert p.dtype == np.uint8 and p.shape == (192, 192, 3)
-    d = stress.diverging_rgb(np.array([[-1.0, 0.0, 1.0]]), 1.0)[0]
+    d = tiles.diverging_rgb(np.array([[-1.0, 0.0, 1.0]]), 1.0)[0]
     assert d[0][2] > d[0][0] and tuple(d[1]) == (247, 247, 247) and d[2][0] > d[2][2]  # blue, white, red
 
 

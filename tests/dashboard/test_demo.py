@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import dashboard_env, png_bytes, tiny_checkpoints, xray_like  # noqa: F401 - fixtures
 from medrobust import settings
-from medrobust.dashboard import jobs, stress, ui
+from medrobust.dashboard import clean_analysis, flip_search, jobs, modelset, perturbation, ui
 
 from test_app import APP, _no_exception, _page, _texts
 
@@ -64,12 +64,12 @@ def test_jobs_refuse_to_launch_in_demo_mode_without_a_token(demo, tmp_path):
 
 def test_pgd_steps_are_capped_by_the_package(demo):
     with pytest.raises(ValueError, match=r"\[1, 20\]"):
-        stress.Perturbation(kind="pgd", eps=1.0, steps=21).validate()
-    stress.Perturbation(kind="pgd", eps=1.0, steps=20).validate()
+        perturbation.Perturbation(kind="pgd", eps=1.0, steps=21).validate()
+    perturbation.Perturbation(kind="pgd", eps=1.0, steps=20).validate()
 
 
 def test_pgd_steps_are_not_capped_outside_demo_mode(dashboard_env):
-    stress.Perturbation(kind="pgd", eps=1.0, steps=stress.MAX_STEPS).validate()
+    perturbation.Perturbation(kind="pgd", eps=1.0, steps=perturbation.MAX_STEPS).validate()
 
 
 def test_flip_search_is_capped(demo, monkeypatch):
@@ -77,18 +77,18 @@ def test_flip_search_is_capped(demo, monkeypatch):
 
     def fake(model, x, *, label, max_eps, steps, tol, seed, name):
         seen.append((steps, tol))
-        return stress.FlipSearch(name, None, None, max_eps, 1, 0.0)
+        return flip_search.FlipSearch(name, None, None, max_eps, 1, 0.0)
 
-    monkeypatch.setattr(stress, "smallest_flip_eps", fake)
-    ms = stress.load_model_set()
-    clean = stress.analyse_clean(ms, xray_like(64), with_cam=False)
-    stress.flip_search_all(ms, clean, steps=50, tol=0.01)
-    assert seen and all(s == (stress.DEMO_LIMITS.max_flip_steps, stress.DEMO_LIMITS.flip_tol) for s in seen)
+    monkeypatch.setattr(flip_search, "smallest_flip_eps", fake)
+    ms = modelset.load_model_set()
+    clean = clean_analysis.analyse_clean(ms, xray_like(64), with_cam=False)
+    flip_search.flip_search_all(ms, clean, steps=50, tol=0.01)
+    assert seen and all(s == (perturbation.DEMO_LIMITS.max_flip_steps, perturbation.DEMO_LIMITS.flip_tol) for s in seen)
 
 
 def test_stress_page_sliders_respect_the_demo_caps(demo):
     at = _page("views/stress_lab.py")
     at.radio(key="kind").set_value("pgd").run()
     _no_exception(at)
-    assert at.slider(key="steps").max == stress.DEMO_LIMITS.max_steps
-    assert at.slider(key="flip_steps").max == stress.DEMO_LIMITS.max_flip_steps
+    assert at.slider(key="steps").max == perturbation.DEMO_LIMITS.max_steps
+    assert at.slider(key="flip_steps").max == perturbation.DEMO_LIMITS.max_flip_steps

@@ -15,7 +15,7 @@ from dashboard_fixtures import (  # noqa: F401 - fixtures
     tiny_checkpoints,
     xray_like,
 )
-from medrobust.dashboard.stress import VERDICT_LABELS
+from medrobust.dashboard.captions import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")

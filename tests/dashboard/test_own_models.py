@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import png_bytes, tiny_checkpoints, xray_like  # noqa: F401 - fixtures
 from synthetic_data import class_image
-from medrobust.dashboard.stress import VERDICT_LABELS
+from medrobust.dashboard.captions import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
@@ -99,7 +99,7 @@ def test_overview_shows_the_imported_models_confusion_matrix_and_audit(env):
 
 
 def test_every_model_gets_its_own_colour(own_models):
-    from medrobust.dashboard.stress import load_model_set
+    from medrobust.dashboard.modelset import load_model_set
 
     ms = load_model_set(own_models)
     assert len(ms.models) == 5 and all(m.ok for m in ms.models)

@@ -120,6 +120,7 @@ def test_upload_an_xray_move_a_slider_and_see_four_model_cards(server, tmp_path)
             # The clinical suite is the default; then the paper's Gaussian noise, its slider moved with the keyboard.
             expect(page.get_by_text("Gaussian noise, level 2: σ 0.08 (about 20 of 255 grey levels) (seed 0)")
                    ).to_be_visible(timeout=60_000)
+            _wait_idle(page)  # a click that lands while the page is being redrawn can miss its widget
             page.get_by_test_id("stRadio").first.get_by_text("Gaussian noise (paper scale)").click()
             expect(page.get_by_text("Gaussian noise (paper scale), severity 0.1 (seed 0)")).to_be_visible(timeout=60_000)
             thumb = page.get_by_test_id("stSlider").first.get_by_role("slider")

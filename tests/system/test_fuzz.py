@@ -34,9 +34,9 @@ from PIL import Image
 
 from dashboard_fixtures import dashboard_env, tiny_checkpoints, xray_like  # noqa: F401 - fixtures
 from dicom_base import base_dataset
-from medrobust.dashboard import stress
+from medrobust.dashboard import clean_analysis, modelset, perturbation, stress_run
 from medrobust.imaging import ImageDecodeError, decode_image
-from medrobust.dashboard.stress import VERDICT_LABELS
+from medrobust.dashboard.captions import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 MIN_FILES = 500
@@ -319,7 +319,7 @@ class RssSampler:
 
 @pytest.fixture(scope="module")
 def model_set(tiny_checkpoints):
-    ms = stress.load_model_set(tiny_checkpoints)
+    ms = modelset.load_model_set(tiny_checkpoints)
     assert len(ms.ok_models) == 4
     return ms
 
@@ -335,15 +335,15 @@ def upload_path(data: bytes, model_set, *, full: bool) -> tuple[str, object]:
     px = decoded.pixels
     assert px.dtype == np.float32 and px.ndim == 2 and px.size >= 1
     assert np.isfinite(px).all() and px.min() >= 0.0 and px.max() <= 1.0
-    stress.image_digest(px)
+    clean_analysis.image_digest(px)
     inputs = {}
     for size in sorted({m.image_size for m in model_set.ok_models}):
-        x = stress.prepare_input(px, size)
+        x = clean_analysis.prepare_input(px, size)
         assert x.shape == (1, 1, size, size) and torch.isfinite(x).all()
         inputs[size] = x
     if full:
-        clean = stress.analyse_clean(model_set, px, cam_layer="layer3")
-        outcomes = stress.run_stress(model_set, clean, stress.Perturbation(kind="gaussian", severity=0.3, seed=1))
+        clean = clean_analysis.analyse_clean(model_set, px, cam_layer="layer3")
+        outcomes = stress_run.run_stress(model_set, clean, perturbation.Perturbation(kind="gaussian", severity=0.3, seed=1))
         assert len(outcomes) == 4 and all(o.ok and 0.0 <= o.p_covid <= 1.0 for o in outcomes)
     return "prediction", inputs
 
@@ -353,7 +353,7 @@ def _predict_all(model_set, batches: list[dict[int, torch.Tensor]]) -> int:
     for m in model_set.ok_models:
         xs = [b[m.image_size] for b in batches]
         for i in range(0, len(xs), 64):
-            p = stress.predict_probs(m.model, torch.cat(xs[i : i + 64]))
+            p = clean_analysis.predict_probs(m.model, torch.cat(xs[i : i + 64]))
             assert torch.isfinite(p).all() and torch.allclose(p.sum(1), torch.ones(len(p)), atol=1e-4)
             n += len(p)
     return n
@@ -408,7 +408,7 @@ def test_random_files_behind_any_magic_number(magic, tail):
         assert str(exc)
         return
     assert np.isfinite(decoded.pixels).all() and decoded.pixels.ndim == 2
-    stress.prepare_input(decoded.pixels, 32)
+    clean_analysis.prepare_input(decoded.pixels, 32)
 
 
 def test_a_sample_of_the_corpus_through_the_real_page(dashboard_env):

@@ -27,7 +27,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard_fixtures import dashboard_env, png_bytes, tiny_checkpoints, xray_like  # noqa: F401 - fixtures
 from dicom_base import base_dataset
 from medrobust.imaging import ImageDecodeError, decode_image
-from medrobust.dashboard.stress import VERDICT_LABELS
+from medrobust.dashboard.captions import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -314,7 +314,7 @@ def test_the_dashboard_shows_logs_and_writes_no_tag_and_no_upload(dashboard_env,
                         at.radio(key="kind").set_value(kind).run()
                         rendered.append(_tree_text(at))
                 snap = at.session_state["stress_snapshot"] if "stress_snapshot" in at.session_state else {}
-                rendered += [str(snap.get("json", "")), repr(snap.get("zip", b""))]
+                rendered += [str(snap.get("json", "")), repr(snap["zip"]() if "zip" in snap else b"")]
         finally:
             _WriteAudit.active = False
     assert any("DICOM" in r for r in rendered) and any(label in r for r in rendered for label in VERDICT_LABELS)

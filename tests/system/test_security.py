@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import dashboard_env, dicom_bytes, png_bytes, tiny_checkpoints, xray_like  # noqa: F401
 from medrobust.dashboard import jobs
-from medrobust.dashboard.stress import VERDICT_LABELS
+from medrobust.dashboard.captions import VERDICT_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-admin-token"
@@ -201,7 +201,8 @@ EXPECTED_ERRORS = {
 
 
 def test_only_safetensors_load_and_bad_files_are_refused_while_the_others_work(hostile_checkpoints, monkeypatch):
-    from medrobust.dashboard.stress import analyse_clean, load_model_set
+    from medrobust.dashboard.clean_analysis import analyse_clean
+    from medrobust.dashboard.modelset import load_model_set
 
     folder, marker = hostile_checkpoints
     _forbid_unpickling(monkeypatch)
