@@ -164,6 +164,33 @@ def pgd(
     torch.Tensor
         Adversarial images, detached, same shape and dtype as ``x``, inside the eps-ball and [0, 1].
     """
+    return _pgd_run(model, x, y, eps=eps, steps=steps, norm=norm, step_size=step_size, random_start=random_start,
+                    generator=generator, keep_first_success=keep_first_success, use_autocast=use_autocast,
+                    channels_last=channels_last, start=start)[0]
+
+
+def _pgd_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    steps: int,
+    norm: Norm,
+    step_size: float | None,
+    random_start: bool,
+    generator: torch.Generator | None,
+    keep_first_success: bool,
+    use_autocast: bool,
+    channels_last: bool,
+    start: str,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`pgd`, and with ``keep_first_success`` the fp32 logits of each returned example.
+
+    Those logits are the verdict forwards the attack ran anyway: of the first fooling iterate, or of
+    the last iterate (checked after the last step), so a caller needs no further forward pass to
+    know how damaging each example is. ``None`` without ``keep_first_success`` or when no step ran.
+    """
     _check_norm(norm)
     if start not in ("ball", "sphere"):
         raise ValueError(f"start must be 'ball' or 'sphere', got {start!r}.")
@@ -172,7 +199,7 @@ def pgd(
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}.")
     if x.shape[0] == 0:
-        return x.clone()
+        return x.clone(), None
     e = _per_sample(eps, x)
     alpha = (2.5 * e / max(steps, 1)) if step_size is None else torch.full_like(e, float(step_size))
     x0 = x.detach().float()
@@ -183,27 +210,40 @@ def pgd(
     if steps == 0 or bool((e == 0).all()):
         # x0 may share storage with x: return a copy so callers can edit the result in place.
         out = x0 if bool((e == 0).all()) else x_adv
-        return out.to(x.dtype).contiguous().clone()
+        return out.to(x.dtype).contiguous().clone(), None
     done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     result = x_adv.clone()
+    result_logits: torch.Tensor | None = None  # (N, K) fp32 logits of ``result``, allocated at the first check
+    with autocast_for(x.device, use_autocast):
+        mixed = torch.is_autocast_enabled(x.device.type)
     with eval_mode(model):
         active = torch.arange(x.shape[0], device=x.device)
         for step in range(steps + (1 if keep_first_success else 0)):
-            xa = x_adv[active].clone().requires_grad_(True)
-            with autocast_for(x.device, use_autocast):
-                mixed = torch.is_autocast_enabled(x.device.type)
-                logits = model(xa)
+            if mixed and keep_first_success and step == steps:
+                # The last iterate only needs its fp32 verdict: no bf16 forward, no graph.
+                check = _fp32_logits(model, x_adv[active])
+                xa = x_adv[active]
+            else:
+                xa = x_adv[active].clone().requires_grad_(True)
+                with autocast_for(x.device, use_autocast):
+                    logits = model(xa)
+                if keep_first_success:
+                    # Success is decided in fp32: under bf16 autocast, one extra fp32 forward (no graph) of the
+                    # iterates not yet broken, so bf16 rounding can neither stop an attack early nor miss a hit.
+                    check = _fp32_logits(model, xa.detach()) if mixed else logits.detach().float()
             if keep_first_success:
-                # Success is decided in fp32: under bf16 autocast, one extra fp32 forward (no graph) of the
-                # iterates not yet broken, so bf16 rounding can neither stop an attack early nor miss a hit.
-                check = _fp32_logits(model, xa.detach()) if mixed else logits.detach()
+                if result_logits is None:
+                    result_logits = torch.zeros((x.shape[0], check.shape[1]), device=x.device)
                 fooled = check.argmax(1) != y[active]
                 if fooled.any():
                     idx = active[fooled]
                     result[idx] = xa.detach()[fooled]
+                    result_logits[idx] = check[fooled]
                     done[idx] = True
                 keep = ~fooled
                 if step == steps or not keep.any():
+                    if step == steps:  # the samples still standing keep their last iterate, checked just now
+                        result_logits[active[keep]] = check[keep]
                     break
             loss = F.cross_entropy(logits.float(), y[active], reduction="sum")
             (grad,) = torch.autograd.grad(loss, xa)
@@ -221,8 +261,8 @@ def pgd(
     if keep_first_success:
         still = ~done
         result[still] = x_adv[still]
-        return result.to(x.dtype).contiguous()
-    return x_adv.detach().to(x.dtype).contiguous()
+        return result.to(x.dtype).contiguous(), result_logits
+    return x_adv.detach().to(x.dtype).contiguous(), None
 
 
 def pgd_multi_eps(
@@ -373,12 +413,13 @@ def _apgd_run(
     use_autocast: bool,
     keep_first_success: bool,
     memory_format: torch.memory_format,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One APGD-CE run from a random start on the boundary of the ball; the model is in eval mode.
 
-    Returns ``(x_max, loss_max, fooled, x_fooled)``: the point of highest loss and its loss, and
-    (only tracked with ``keep_first_success``) whether an iterate fooled the model in an fp32
-    forward pass, and the first such iterate.
+    Returns ``(x_max, loss_max, fooled, x_fooled, logits_max, logits_fooled)``: the point of highest
+    loss and its loss, and (only tracked with ``keep_first_success``) whether an iterate fooled the
+    model in an fp32 forward pass, the first such iterate, and the fp32 logits of ``x_max`` and
+    ``x_fooled`` (from the verdict forwards; ``None`` without ``keep_first_success``).
     """
     n = x0.shape[0]
     dev = x0.device
@@ -407,30 +448,42 @@ def _apgd_run(
     fooled = torch.zeros(n, dtype=torch.bool, device=dev)
     x_fooled = x.clone()
     active = torch.arange(n, device=dev)
+    # The fp32 logits of x_best and x_fooled (only with keep_first_success: the verdict forwards).
+    tracked: dict[str, torch.Tensor] = {}
+    with autocast_for(dev, use_autocast):
+        mixed = torch.is_autocast_enabled(dev.type)
 
     def evaluate(m: int, need_grad: bool) -> None:
         """Loss, gradient and (fp32) success of the active iterates; keep the best and the first success."""
         nonlocal active
         xa = x[active].contiguous(memory_format=memory_format)
         ya = y[active]
-        xg = xa.clone().requires_grad_(need_grad)
-        with torch.enable_grad() if need_grad else torch.no_grad():
-            with autocast_for(dev, use_autocast):
-                mixed = torch.is_autocast_enabled(dev.type)
-                logits = model(xg)
-            loss = F.cross_entropy(logits.float(), ya, reduction="none")
-            if need_grad:
-                # Sum of per-sample losses: each sample's gradient is its own.
-                (g,) = torch.autograd.grad(loss.sum(), xg)
-                grad[active] = g.float()
-        loss = loss.detach()
-        if keep_first_success:
-            # Success is decided in fp32: under autocast, one extra fp32 forward of the iterates not
-            # yet broken (its loss, more accurate than the bf16 one, also drives the step size).
-            if mixed:
+        if keep_first_success and mixed and not need_grad:
+            # Only the fp32 verdict (and its loss) is used: skip the bf16 forward.
+            logits = _fp32_logits(model, xa)
+            loss = F.cross_entropy(logits, ya, reduction="none")
+        else:
+            xg = xa.clone().requires_grad_(need_grad)
+            with torch.enable_grad() if need_grad else torch.no_grad():
+                with autocast_for(dev, use_autocast):
+                    logits = model(xg)
+                loss = F.cross_entropy(logits.float(), ya, reduction="none")
+                if need_grad:
+                    # Sum of per-sample losses: each sample's gradient is its own.
+                    (g,) = torch.autograd.grad(loss.sum(), xg)
+                    grad[active] = g.float()
+            loss = loss.detach()
+            if keep_first_success and mixed:
+                # Success is decided in fp32: under autocast, one extra fp32 forward of the iterates not
+                # yet broken (its loss, more accurate than the bf16 one, also drives the step size).
                 logits = _fp32_logits(model, xa)
                 loss = F.cross_entropy(logits, ya, reduction="none")
-            hit = logits.detach().argmax(1) != ya
+        if keep_first_success:
+            logits = logits.detach().float()
+            hit = logits.argmax(1) != ya
+            if not tracked:
+                tracked["best"] = torch.zeros((n, logits.shape[1]), device=dev)
+                tracked["fooled"] = torch.zeros((n, logits.shape[1]), device=dev)
         loss_hist[m, active] = loss
         better = loss > loss_best[active]
         if better.any():
@@ -439,10 +492,13 @@ def _apgd_run(
             loss_best[idx] = loss[better]
             if need_grad:
                 grad_best[idx] = grad[idx]
+            if keep_first_success:
+                tracked["best"][idx] = logits[better]
         if keep_first_success and hit.any():
             idx = active[hit]
             fooled[idx] = True
             x_fooled[idx] = xa[hit]
+            tracked["fooled"][idx] = logits[hit]
             active = active[~hit]
 
     evaluate(0, need_grad=True)
@@ -484,7 +540,7 @@ def _apgd_run(
                 x[idx] = x_best[idx]
                 x_prev[idx] = x_best[idx]
                 grad[idx] = grad_best[idx]
-    return x_best, loss_best, fooled, x_fooled
+    return x_best, loss_best, fooled, x_fooled, tracked.get("best"), tracked.get("fooled")
 
 
 def apgd(
@@ -590,6 +646,36 @@ def apgd(
     >>> torch.equal(broken, model(adv).argmax(1) != y)
     True
     """
+    out, success, _ = _apgd(model, x, y, eps=eps, steps=steps, norm=norm, restarts=restarts, rho=rho,
+                            generator=generator, use_autocast=use_autocast, channels_last=channels_last,
+                            keep_first_success=keep_first_success, need_success=return_success)
+    return (out, success) if return_success else out
+
+
+def _apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    steps: int,
+    norm: Norm,
+    restarts: int,
+    rho: float,
+    generator: torch.Generator | None,
+    use_autocast: bool,
+    channels_last: bool,
+    keep_first_success: bool,
+    need_success: bool = True,
+    clean_logits: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`apgd`: ``(x_adv, success, logits)``.
+
+    ``logits`` are the fp32 logits of each returned example, taken from the verdict forwards the
+    attack ran anyway (``None`` without ``keep_first_success``); ``clean_logits`` (N, K), the fp32
+    logits of ``x`` when the caller has them, spare the clean forward pass. ``success`` is ``None``
+    when nothing was attacked and ``need_success`` is false.
+    """
     _check_norm(norm)
     norm = "linf" if norm == "linf" else "l2"
     if steps < 1:
@@ -606,12 +692,14 @@ def apgd(
     n = x.shape[0]
     if n == 0 or bool((e == 0).all()):
         out = x.detach().clone()
-        if not return_success:
-            return out
         if n == 0:
-            return out, torch.zeros(0, dtype=torch.bool, device=x.device)
-        with eval_mode(model):
-            return out, _fp32_logits(model, x).argmax(1) != y
+            return out, torch.zeros(0, dtype=torch.bool, device=x.device), None
+        if not need_success and clean_logits is None:
+            return out, None, None
+        if clean_logits is None:
+            with eval_mode(model):
+                clean_logits = _fp32_logits(model, x)
+        return out, clean_logits.argmax(1) != y, clean_logits
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x0 = x.detach().float().contiguous(memory_format=fmt)
     y = y.detach()
@@ -621,19 +709,24 @@ def apgd(
                   keep_first_success=keep_first_success, memory_format=fmt)
     with eval_mode(model):
         # The clean image lies in the ball: misclassified there, the sample is broken as it is.
-        success = _fp32_logits(model, x0).argmax(1) != y
+        clean = _fp32_logits(model, x0) if clean_logits is None else clean_logits.float()
+        success = clean.argmax(1) != y
+        logits = clean.clone() if keep_first_success else None  # fp32 logits of ``result`` (the clean image so far)
         unchanged = (e.view(-1) == 0) | (success if keep_first_success else torch.zeros_like(success))
         todo = ~unchanged
         for _ in range(restarts):
             idx = todo.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            x_max, loss_max, fooled, x_fooled = _apgd_run(model, x0[idx], y[idx], e[idx], **run_kw)
+            x_max, loss_max, fooled, x_fooled, logits_max, logits_fooled = _apgd_run(model, x0[idx], y[idx], e[idx],
+                                                                                    **run_kw)
             better = loss_max > best_loss[idx]
             result[idx[better]] = x_max[better]
             best_loss[idx[better]] = loss_max[better]
             if keep_first_success:
+                logits[idx[better]] = logits_max[better]
                 result[idx[fooled]] = x_fooled[fooled]
+                logits[idx[fooled]] = logits_fooled[fooled]
                 success[idx[fooled]] = True
             else:
                 # The returned point is the highest-loss one: count it in an fp32 forward pass.
@@ -641,7 +734,7 @@ def apgd(
             todo = todo & ~success
     out = result.to(x.dtype).contiguous()
     out[unchanged] = x.detach()[unchanged]
-    return (out, success) if return_success else out
+    return out, success, logits
 
 
 # ----------------------------------------------------------------------------- the worst case over an ensemble
@@ -656,6 +749,7 @@ class WorstCase:
 
     ``x_adv`` holds, per image, the example with the lowest fp32 margin (true-class logit minus the
     best other logit) found by any attack or start: a fooling one wherever any attack fooled the model.
+    ``logits`` are its fp32 logits (from the verdict forward pass that judged it).
     ``ok_by_attack`` says, per attack, which images it left correctly classified (all its starts);
     ``pgd_first`` is PGD's first start alone (the benchmark's single-start figure before the ensemble);
     ``ok`` is their conjunction.
@@ -664,6 +758,7 @@ class WorstCase:
     x_adv: torch.Tensor  # (N, C, H, W)
     ok: torch.Tensor  # (N,) bool
     ok_by_attack: dict[str, torch.Tensor]  # name -> (N,) bool
+    logits: torch.Tensor | None = None  # (N, K) float32: the fp32 logits of x_adv
 
 
 def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -675,6 +770,84 @@ def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logit_margin(_fp32_logits(model, x), y)
+
+
+def _check_ensemble(attacks: Sequence[str], pgd_restarts: int, apgd_restarts: int) -> None:
+    unknown = [a for a in attacks if a not in ENSEMBLE]
+    if unknown or not attacks:
+        raise ValueError(f"attacks must be a non-empty subset of {', '.join(ENSEMBLE)}, got {list(attacks)}.")
+    if pgd_restarts < 1 or apgd_restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got pgd {pgd_restarts}, apgd {apgd_restarts}.")
+
+
+@dataclass
+class _Standing:
+    """What the smaller radii of :func:`worst_case_radii` leave to the next one (all per image)."""
+
+    best: torch.Tensor  # the lowest-margin example so far (it lies in every larger ball)
+    margin: torch.Tensor
+    logits: torch.Tensor
+    fooled: dict[str, torch.Tensor]  # attack name ("pgd_first", "pgd", "apgd") -> fooled at a smaller radius
+
+
+def _ensemble(model: nn.Module, x: torch.Tensor, y: torch.Tensor, e: torch.Tensor, *, steps: int, norm: Norm,
+              pgd_restarts: int, apgd_restarts: int, attacks: Sequence[str], generator: torch.Generator | None,
+              use_autocast: bool, clean_logits: torch.Tensor, standing: _Standing) -> WorstCase:
+    """Every member of the ensemble at per-image radius ``e`` (N,); the model is in eval mode.
+
+    ``standing`` carries the smaller radii's findings (updated in place): the best example so far
+    starts as this radius' candidate, and an attack skips the images it has already fooled at a
+    smaller radius (its fooling example lies in this ball too, so they stay fooled by it).
+    """
+    best, best_margin, best_logits = standing.best, standing.margin, standing.logits
+    ok_by: dict[str, torch.Tensor] = {}
+
+    def offer(cand: torch.Tensor, logits: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+        """Keep ``cand`` where its margin is lower; returns which of ``idx`` it leaves correct."""
+        if logits is None:  # an attack that ran no verdict forward (no step): judge it here
+            logits = _fp32_logits(model, cand)
+        m = logit_margin(logits, y[idx])
+        better = m < best_margin[idx]
+        best[idx[better]] = cand[better].float()
+        best_margin[idx[better]] = m[better]
+        best_logits[idx[better]] = logits[better]
+        return m > 0
+
+    if "pgd" in attacks:
+        # The first start runs on every image it has not fooled at a smaller radius, the others on
+        # the images no start has fooled (at this radius or a smaller one).
+        ok_first = ~standing.fooled["pgd_first"]
+        ok = ~standing.fooled["pgd"]
+        for r in range(pgd_restarts):
+            todo = ok_first if r == 0 else ok
+            idx = todo.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            adv, logits = _pgd_run(model, x[idx], y[idx], eps=e[idx], steps=steps, norm=norm, step_size=None,
+                                   random_start=True, generator=generator, keep_first_success=True,
+                                   use_autocast=use_autocast, channels_last=True,
+                                   start="sphere" if r % 2 == 1 else "ball")
+            stood = offer(adv, logits, idx)
+            if r == 0:
+                ok_first = ok_first.clone()
+                ok_first[idx] = stood
+                ok = ok & ok_first
+            else:
+                ok[idx] = stood
+        ok_by["pgd_first"], ok_by["pgd"] = ok_first, ok
+    if "apgd" in attacks:
+        ok = ~standing.fooled["apgd"]
+        idx = ok.nonzero().squeeze(1)
+        if idx.numel():
+            adv, _, logits = _apgd(model, x[idx], y[idx], eps=e[idx], steps=steps, norm=norm, restarts=apgd_restarts,
+                                   rho=0.75, generator=generator, use_autocast=use_autocast, channels_last=True,
+                                   keep_first_success=True, need_success=False, clean_logits=clean_logits[idx])
+            ok[idx] = offer(adv, logits, idx)
+        ok_by["apgd"] = ok
+    for name, value in ok_by.items():
+        standing.fooled[name] = ~value
+    ok_all = torch.stack([v for k, v in ok_by.items() if k != "pgd_first"]).all(0)
+    return WorstCase(x_adv=best.clone().to(x.dtype), ok=ok_all, ok_by_attack=ok_by, logits=best_logits.clone())
 
 
 def worst_case(
@@ -690,13 +863,15 @@ def worst_case(
     attacks: Sequence[str] = ENSEMBLE,
     generator: torch.Generator | None = None,
     use_autocast: bool = True,
+    clean_logits: torch.Tensor | None = None,
 ) -> WorstCase:
     """Attack every image with every member of the ensemble; an image is robust only if none fools it.
 
     PGD runs ``pgd_restarts`` random starts (the first uniform in the ball, then alternately on the
     surface and inside it, so both the ball's interior and its surface are covered) and APGD-CE
     ``apgd_restarts``; restarts only attack images still standing. Every decision is an fp32 forward
-    pass (the iterations may run under bf16 autocast).
+    pass (the iterations may run under bf16 autocast); each example is judged by the verdict forward
+    that found it, so no forward pass is repeated.
 
     Parameters
     ----------
@@ -708,6 +883,8 @@ def worst_case(
         Radius in pixel units, a number or one per image (N,).
     steps
         Steps of each PGD start and each APGD run.
+    clean_logits
+        The fp32 logits of ``x`` (N, K) when the caller has them (spares that forward pass).
 
     Returns
     -------
@@ -723,42 +900,81 @@ def worst_case(
     >>> bool((wc.ok <= wc.ok_by_attack["pgd"]).all() and (wc.ok <= wc.ok_by_attack["apgd"]).all())
     True
     """
-    unknown = [a for a in attacks if a not in ENSEMBLE]
-    if unknown or not attacks:
-        raise ValueError(f"attacks must be a non-empty subset of {', '.join(ENSEMBLE)}, got {list(attacks)}.")
-    if pgd_restarts < 1 or apgd_restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got pgd {pgd_restarts}, apgd {apgd_restarts}.")
+    _check_ensemble(attacks, pgd_restarts, apgd_restarts)
     x = x.detach()
     e = _per_sample(eps, x).view(-1)  # (N,): pgd and apgd take one radius per image
     with eval_mode(model):
-        best = x.clone().float()
-        best_margin = _margin(model, best, y)
-        ok_by: dict[str, torch.Tensor] = {}
+        clean = _fp32_logits(model, x) if clean_logits is None else clean_logits.float()
+        standing = _fresh_standing(x, y, clean)
+        return _ensemble(model, x, y, e, steps=steps, norm=norm, pgd_restarts=pgd_restarts,
+                         apgd_restarts=apgd_restarts, attacks=attacks, generator=generator,
+                         use_autocast=use_autocast, clean_logits=clean, standing=standing)
 
-        def offer(cand: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            """Keep ``cand`` where its margin is lower; returns which of ``idx`` it leaves correct."""
-            m = _margin(model, cand, y[idx])
-            better = m < best_margin[idx]
-            best[idx[better]] = cand[better].float()
-            best_margin[idx[better]] = m[better]
-            return m > 0
 
-        if "pgd" in attacks:
-            ok = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-            for r in range(pgd_restarts):
-                idx = ok.nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    break
-                adv = pgd(model, x[idx], y[idx], eps=e[idx], steps=steps, norm=norm, generator=generator,
-                          keep_first_success=True, use_autocast=use_autocast,
-                          start="sphere" if r % 2 == 1 else "ball")
-                ok[idx] = offer(adv, idx)
-                if r == 0:
-                    ok_by["pgd_first"] = ok.clone()
-            ok_by["pgd"] = ok
-        if "apgd" in attacks:
-            adv = apgd(model, x, y, eps=e, steps=steps, norm=norm, restarts=apgd_restarts, generator=generator,
-                       use_autocast=use_autocast)
-            ok_by["apgd"] = offer(adv, torch.arange(x.shape[0], device=x.device))
-    ok_all = torch.stack([v for k, v in ok_by.items() if k != "pgd_first"]).all(0)
-    return WorstCase(x_adv=best.to(x.dtype), ok=ok_all, ok_by_attack=ok_by)
+def _fresh_standing(x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor) -> _Standing:
+    none = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    return _Standing(best=x.clone().float(), margin=logit_margin(clean_logits, y), logits=clean_logits.clone(),
+                     fooled={name: none.clone() for name in ("pgd_first", "pgd", "apgd")})
+
+
+def worst_case_radii(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    radii: Sequence[float],
+    steps: int,
+    norm: Norm = "l2",
+    pgd_restarts: int = 1,
+    apgd_restarts: int = 1,
+    attacks: Sequence[str] = ENSEMBLE,
+    generator: torch.Generator | None = None,
+    use_autocast: bool = True,
+    clean_logits: torch.Tensor | None = None,
+) -> list[WorstCase]:
+    """:func:`worst_case` at several radii, using that the balls are nested.
+
+    The radii run from the smallest up. An example found at a smaller radius lies in every larger
+    ball, so (1) it is the starting candidate of the larger radii (the reported worst case never
+    gets less damaging as the radius grows), and (2) each attack skips, at a larger radius, the
+    images it has already fooled: they count as fooled by it there too, with that example. Every
+    per-attack verdict therefore reads "fooled by this attack within the ball", at or below what
+    running the attack again at the larger radius alone would report; nothing that could fool an
+    image is skipped (images still standing are attacked in full at every radius).
+
+    Parameters
+    ----------
+    radii
+        Radii in pixel units (as :func:`scale_eps` gives them), in any order, each >= 0.
+    clean_logits
+        The fp32 logits of ``x`` (N, K) when the caller has them (spares that forward pass).
+    (the rest)
+        As for :func:`worst_case`.
+
+    Returns
+    -------
+    list of WorstCase
+        One per radius, in the order of ``radii``.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0); net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    >>> x = torch.rand(8, 1, 4, 4); y = net(x).argmax(1)
+    >>> small, large = worst_case_radii(net, x, y, radii=[0.2, 2.0], steps=5, generator=torch.Generator().manual_seed(0))
+    >>> bool((large.ok <= small.ok).all())  # nested balls: robust at 2.0 only if robust at 0.2
+    True
+    """
+    _check_ensemble(attacks, pgd_restarts, apgd_restarts)
+    if any(float(r) < 0 for r in radii):
+        raise ValueError(f"radii must be >= 0, got {list(radii)}.")
+    x = x.detach()
+    out: dict[int, WorstCase] = {}
+    with eval_mode(model):
+        clean = _fp32_logits(model, x) if clean_logits is None else clean_logits.float()
+        standing = _fresh_standing(x, y, clean)
+        for i in sorted(range(len(radii)), key=lambda j: float(radii[j])):
+            e = torch.full((x.shape[0],), float(radii[i]), dtype=torch.float32, device=x.device)
+            out[i] = _ensemble(model, x, y, e, steps=steps, norm=norm, pgd_restarts=pgd_restarts,
+                               apgd_restarts=apgd_restarts, attacks=attacks, generator=generator,
+                               use_autocast=use_autocast, clean_logits=clean, standing=standing)
+    return [out[i] for i in range(len(radii))]

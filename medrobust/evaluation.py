@@ -18,8 +18,13 @@ L2 PGD (step 2.5·eps/steps, ``steps=20``) with ``restarts`` random starts alter
 and on its surface, and APGD-CE (Croce & Hein 2020, same steps) with ``apgd_restarts``. A sample is
 broken as soon as any iterate fools the model; each attack row keeps the worst case (its logits are
 each image's most damaging example) and every attack's own accuracy beside it (``accuracy_by_attack``).
+The radii run from the smallest up (:func:`medrobust.attacks.worst_case_radii`): the balls are nested,
+so an example found at a smaller radius is a candidate at every larger one, and an attack does not
+attack again, at a larger radius, an image it has already fooled (it stays fooled by that example).
+Every attack row, and each attack's own accuracy, is therefore non-increasing in eps.
 Attack iterations may run under bf16 autocast where the CPU has native bf16; every success decision
-and every counted prediction is an fp32 forward pass.
+and every counted prediction is an fp32 forward pass (an attack row's logits are those of the fp32
+verdict that judged the kept example). The model runs on at most :func:`pass_images` images per pass.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from medrobust.attacks import ENSEMBLE, cpu_bf16_is_fast, ieee_fp32, scale_eps, worst_case
+from medrobust.attacks import ENSEMBLE, cpu_bf16_is_fast, ieee_fp32, scale_eps, worst_case, worst_case_radii
 from medrobust.choices import CLASS_NAMES, Norm, parse_choice
 from medrobust.clinical import CLINICAL, LEVELS, clinical_corrupt
 from medrobust.corruptions import SEVERITIES, apply_corruption
@@ -176,11 +181,60 @@ def _batches(n: int, size: int):
         yield slice(i, min(n, i + size))
 
 
+#: Pixels per model pass (32 images at 128 px, 10 at 224 px): see :func:`pass_images`.
+PASS_PIXELS = 32 * 128 * 128
+
+
+def pass_images(side: int, *, pixels: int = PASS_PIXELS) -> int:
+    """How many images of ``side`` px one forward (and backward) pass of the model takes at most.
+
+    Measured on 2 cores (Xeon with AMX, torch 2.14.1; benchmarks/README.md, "Evaluation cost by
+    architecture"): per image, a DenseNet-121 pass at 128 px costs about twice as much in a batch of
+    320 as in a batch of 32 (bf16 forward + input gradient 41 vs 20 ms, fp32 forward 22 vs 14 ms), a
+    ResNet-50 1.4x and a ResNet-18 1.2x: large batches of large feature maps fall out of the caches.
+    The optimum scales with the pixels of a batch (DenseNet-121: 16-32 images at 128 px, 8-16 at
+    224 px), hence one pixel budget for every architecture.
+
+    Examples
+    --------
+    >>> pass_images(128), pass_images(224), pass_images(64)
+    (32, 10, 128)
+    """
+    return max(1, pixels // (side * side))
+
+
+class Chunked(torch.nn.Module):
+    """``model`` run on at most ``size`` images per pass: the same function, cache-sized batches.
+
+    The outputs are concatenated, so gradients flow to every image as one batch's would. Per-image
+    results equal one big batch's to float rounding (oneDNN's per-image result depends on the batch
+    size at the 1e-7..1e-5 level; the memory format does not change it).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, size: int) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}.")
+        self.inner = model
+        self.size = int(size)
+        self.train(model.training)  # a fresh Module starts in train mode; eval_mode() restores that mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.size:
+            return self.inner(x)
+        return torch.cat([self.inner(part) for part in x.split(self.size)])
+
+
 @torch.no_grad()
-def _logits(model, x: torch.Tensor) -> np.ndarray:
+def _fp32_forward(model, x: torch.Tensor) -> torch.Tensor:
     """The counted prediction: an IEEE fp32 forward pass (no TF32 on CUDA), whatever the attack iterations used."""
     with ieee_fp32(x.device):
-        return model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+        return model(x.contiguous(memory_format=torch.channels_last)).float()
+
+
+def _logits(model, x: torch.Tensor) -> np.ndarray:
+    """:func:`_fp32_forward` as a NumPy array."""
+    return _fp32_forward(model, x).cpu().numpy()
 
 
 def _rank_world() -> tuple[int, int]:
@@ -210,27 +264,30 @@ def _evaluate_batch(model, xb: torch.Tensor, yb: torch.Tensor, *, config: EvalCo
                     eps_px: list[float], batch_index: int, timing: dict[str, float]) -> dict[str, Any]:
     """Every condition's fp32 logits for one batch, and which samples each attack leaves standing."""
     device, use_ac = xb.device, config.use_autocast
-    logits: list[np.ndarray] = [_logits(model, xb)]
+    t0 = time.time()
+    clean = _fp32_forward(model, xb)
+    logits: list[np.ndarray] = [clean.cpu().numpy()]
+    timing["clean_s"] += time.time() - t0
     t0 = time.time()
     names = attack_names(config)
     attack_ok = np.ones((len(names), len(eps_px), xb.shape[0]), dtype=bool)
     if eps_px:
-        # All radii in one batched run (the batch repeated once per eps, one radius per image).
-        k, n = len(eps_px), xb.shape[0]
-        es = torch.tensor(eps_px, device=device, dtype=torch.float32).repeat_interleave(n)
-        wc = worst_case(model, xb.repeat(k, 1, 1, 1), yb.repeat(k), eps=es, steps=config.pgd_steps, norm=config.norm,
-                        pgd_restarts=config.restarts, apgd_restarts=config.apgd_restarts, attacks=config.attacks,
-                        generator=_generator(device, seed=config.seed, stage=1, batch_index=batch_index),
-                        use_autocast=use_ac)
-        logits += [_logits(model, wc.x_adv[i * n : (i + 1) * n]) for i in range(k)]
+        # The radii from the smallest up, each attack skipping the images it fooled at a smaller one
+        # (nested balls); every example comes with the fp32 logits of the verdict that judged it.
+        cases = worst_case_radii(model, xb, yb, radii=eps_px, steps=config.pgd_steps, norm=config.norm,
+                                 pgd_restarts=config.restarts, apgd_restarts=config.apgd_restarts,
+                                 attacks=config.attacks, use_autocast=use_ac, clean_logits=clean,
+                                 generator=_generator(device, seed=config.seed, stage=1, batch_index=batch_index))
+        logits += [wc.logits.cpu().numpy() for wc in cases]
         for a, name in enumerate(names):
-            attack_ok[a] = wc.ok_by_attack[name].view(k, n).cpu().numpy()
+            attack_ok[a] = np.stack([wc.ok_by_attack[name].cpu().numpy() for wc in cases])
     timing["pgd_s"] += time.time() - t0
-    t0 = time.time()
     for ci, cond in enumerate(conditions):
         if cond.suite in ("paper", "clinical"):
+            t0 = time.time()
             logits.append(_logits(model, _perturbed(xb, cond, config=config, stage=100 + ci, batch_index=batch_index)))
-    timing["corruption_s"] += time.time() - t0
+            timing[f"{cond.suite}_s"] += time.time() - t0
+    timing["corruption_s"] = timing["paper_s"] + timing["clinical_s"]
     return {"logits": np.stack(logits), "attack_ok": attack_ok}
 
 
@@ -266,6 +323,7 @@ def evaluate_model(
     split_hash: str | None = None,
     classes: Sequence[str] | None = None,
     on_progress: Callable[[str, float], None] | None = None,
+    max_pass_images: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole benchmark for one model on one test set.
 
@@ -284,11 +342,17 @@ def evaluate_model(
         The cross-validation fold this test set is (-1 for a single split).
     classes
         The class names, index = label (default: the card's, else the COVID task's two).
+    max_pass_images
+        The most images one forward/backward pass of the model takes (default :func:`pass_images` of
+        the image side); ``config.batch_size`` stays the unit of seeding and of the attack's batches.
 
     Returns
     -------
     dict
         The result (see :func:`summarise`); ``result["_per_sample"]`` holds the :class:`PerSample` logits.
+        ``result["timing"]`` gives the seconds of each stage: clean forward, attacks (``pgd_s``: the whole
+        ensemble at every radius), the ``paper`` and ``clinical`` suites (``corruption_s`` = both),
+        ``summary_s`` (metrics and bootstrap CIs), ``total_s``, and ``pass_images``.
     """
     config.validate()
     t_start = time.time()
@@ -302,6 +366,7 @@ def evaluate_model(
     if n == 0:
         raise ValueError("The test set is empty.")
     side = int(x_all.shape[-1])
+    model = Chunked(model, size=pass_images(side) if max_pass_images is None else max_pass_images)
     progress = on_progress or (lambda stage, frac: None)
     eps_px = [scale_eps(e, norm=config.norm, side=side) for e in config.eps]
     conditions = conditions_for(config)
@@ -310,7 +375,7 @@ def evaluate_model(
     slices = list(_batches(n, config.batch_size))
     rank, world = _rank_world()
     outputs: dict[int, dict[str, Any]] = {}
-    timing = {"pgd_s": 0.0, "corruption_s": 0.0}
+    timing = {"clean_s": 0.0, "pgd_s": 0.0, "paper_s": 0.0, "clinical_s": 0.0, "corruption_s": 0.0}
     for bi in range(rank, len(slices), world):
         outputs[bi] = _evaluate_batch(model, x_all[slices[bi]].to(device), y_all[slices[bi]].to(device),
                                       config=config, conditions=conditions, eps_px=eps_px, batch_index=bi,
@@ -328,10 +393,12 @@ def evaluate_model(
         folds=np.full(n, int(fold), dtype=np.int64), conditions=conditions,
         logits=np.concatenate([outputs[b]["logits"] for b in order], axis=1).astype(np.float32),
         attack_ok=np.concatenate([outputs[b]["attack_ok"] for b in order], axis=2), attack_names=attack_names(config))
+    t0 = time.time()
     result = summarise(per_sample, config=config, name=name, card=card, split_hash=split_hash, image_size=side,
                        classes=classes)
+    timing["summary_s"] = time.time() - t0
     result["precision"] = precision_info(device, attack_autocast=config.use_autocast)
-    result["timing"] = {"total_s": time.time() - t_start, **timing}
+    result["timing"] = {"total_s": time.time() - t_start, **timing, "pass_images": model.size}
     return result
 
 

@@ -1,4 +1,5 @@
-"""The worst case over the attack ensemble: never above any member, in the ball, fp32-decided, seeded."""
+"""The worst case over the attack ensemble: never above any member, in the ball, fp32-decided, seeded; over
+several radii, nested (a larger ball never looks more robust)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from medrobust.attacks import ENSEMBLE, _random_start, worst_case
+from medrobust.attacks import ENSEMBLE, _random_start, logit_margin, worst_case, worst_case_radii
 
 
 def _net(seed: int, side: int = 6, classes: int = 2) -> nn.Module:
@@ -69,3 +70,62 @@ def test_model_mode_is_restored():
     worst_case(net, x, y, eps=0.5, steps=3, generator=torch.Generator().manual_seed(0))
     assert net.training
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # no BatchNorm statistics moved
+
+
+# ---- several radii at once: nested balls ----------------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), norm=st.sampled_from(["l2", "linf"]), restarts=st.integers(1, 3),
+       classes=st.integers(2, 4))
+def test_nested_radii_never_let_a_larger_ball_look_more_robust(seed, norm, restarts, classes):
+    net = _net(seed, classes=classes)
+    x = torch.rand(12, 1, 6, 6, generator=torch.Generator().manual_seed(seed))
+    y = torch.randint(0, classes, (12,), generator=torch.Generator().manual_seed(seed + 1))
+    radii = [0.6, 0.1, 1.5, 0.0] if norm == "l2" else [0.03, 0.005, 0.08, 0.0]  # in any order, 0 included
+    cases = worst_case_radii(net, x, y, radii=radii, steps=4, norm=norm, pgd_restarts=restarts,
+                             generator=torch.Generator().manual_seed(seed))
+    order = sorted(range(len(radii)), key=lambda i: radii[i])
+    with torch.no_grad():
+        clean_ok = net(x).argmax(1) == y
+    assert torch.equal(cases[order[0]].ok, clean_ok)  # radius 0: the clean verdict
+    for small, large in zip(order, order[1:]):
+        for name in ("pgd_first", "pgd", "apgd"):
+            assert bool((cases[large].ok_by_attack[name] <= cases[small].ok_by_attack[name]).all()), name
+        assert bool((cases[large].ok <= cases[small].ok).all())
+        # the kept example never gets less damaging as the ball grows
+        margin = lambda c: logit_margin(c.logits, y)
+        assert bool((margin(cases[large]) <= margin(cases[small])).all())
+    for r, wc in zip(radii, cases):
+        d = (wc.x_adv - x).flatten(1)
+        size = d.norm(dim=1) if norm == "l2" else d.abs().amax(1)
+        assert bool((size <= r + 1e-5).all())
+        with torch.no_grad():  # the logits are the kept example's, and the verdicts follow from them
+            assert torch.allclose(net(wc.x_adv), wc.logits, atol=1e-5)
+        assert torch.equal(wc.logits.argmax(1) == y, wc.ok)
+
+
+def test_one_radius_of_worst_case_radii_is_worst_case():
+    net = _net(5)
+    x, y = torch.rand(16, 1, 6, 6), torch.randint(0, 2, (16,))
+    a = worst_case(net, x, y, eps=0.7, steps=4, pgd_restarts=2, generator=torch.Generator().manual_seed(1))
+    (b,) = worst_case_radii(net, x, y, radii=[0.7], steps=4, pgd_restarts=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.ok, b.ok) and torch.equal(a.logits, b.logits)
+    assert all(torch.equal(a.ok_by_attack[k], b.ok_by_attack[k]) for k in a.ok_by_attack)
+    with pytest.raises(ValueError, match="radii"):
+        worst_case_radii(net, x, y, radii=[-1.0], steps=2)
+
+
+def test_the_kept_logits_spare_no_verdict():
+    """Each example is judged by the fp32 forward that found it: no pass repeats one (counted)."""
+    net = _net(2)
+    x, y = torch.rand(10, 1, 6, 6), torch.randint(0, 2, (10,))
+    calls = []
+    net.register_forward_hook(lambda m, a, o: calls.append((torch.is_grad_enabled(), a[0].shape[0])))
+    wc = worst_case(net, x, y, eps=0.5, steps=3, generator=torch.Generator().manual_seed(0), use_autocast=False)
+    no_graph = sum(n for grad, n in calls if not grad)
+    with torch.no_grad():
+        assert torch.allclose(net(wc.x_adv), wc.logits, atol=1e-6)
+    # fp32 here, so the attack's own forward passes decide; without a graph only the clean forward
+    # (one per image) and APGD's last iterate (no gradient needed) remain.
+    assert no_graph <= 2 * x.shape[0], calls

@@ -268,3 +268,43 @@ def test_folds_evaluated_elsewhere_pool_to_the_same_result(cv, tmp_path, monkeyp
     direct = json.loads((cv["base"] / "results" / "cv-standard.json").read_text())
     assert [r["accuracy"] for r in pooled["rows"]] == [r["accuracy"] for r in direct["rows"]]
     assert pooled["precision"]["device"] == "cpu"
+
+
+def test_attack_rows_follow_the_nested_balls_and_their_logits_are_the_kept_examples():
+    """Each attack's accuracy and the worst case fall with eps (an example found at a smaller radius lies in
+    every larger ball), the radii may come in any order, and a stored attack logit is the fp32 prediction of
+    the example kept for that image (the verdict that judged it, not a second forward pass)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(40, 1, 16, 16, generator=g)
+    model = _tiny_model()
+    y = model(x).argmax(1).detach()
+    cfg = EvalConfig(eps=(2.0, 0.5, 1.0), pgd_steps=3, restarts=2, n_boot=20, suites=())
+    r = evaluate_model(model, x, y, config=cfg, name="tiny")
+    ps = r["_per_sample"]
+    order = np.argsort(cfg.eps)  # smallest radius first
+    for a in range(len(ps.attack_names)):
+        for small, large in zip(order, order[1:]):
+            assert (ps.attack_ok[a, large] <= ps.attack_ok[a, small]).all(), ps.attack_names[a]
+    for i, e in enumerate(cfg.eps):
+        worst = ps.attack_ok[1, i] & ps.attack_ok[2, i]
+        assert np.array_equal(ps.logits[1 + i].argmax(1) == ps.labels, worst)
+    assert set(r["timing"]) >= {"total_s", "clean_s", "pgd_s", "paper_s", "clinical_s", "corruption_s", "summary_s"}
+    assert r["timing"]["pass_images"] == 32 * 128 * 128 // (16 * 16)
+
+
+def test_model_passes_are_cut_to_cache_sized_chunks_without_changing_the_function():
+    from medrobust.evaluation import Chunked, pass_images
+
+    assert (pass_images(128), pass_images(224), pass_images(64), pass_images(4096)) == (32, 10, 128, 1)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 3)).eval()
+    chunked = Chunked(net, size=4)
+    assert not chunked.training
+    x = torch.rand(10, 1, 16, 16, requires_grad=True)
+    out = chunked(x)
+    assert torch.allclose(out, net(x), atol=1e-6)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    (g_ref,) = torch.autograd.grad(net(x).sum(), x)
+    assert torch.allclose(g, g_ref, atol=1e-6)  # every image gets its own gradient through the chunks
+    with pytest.raises(ValueError, match="size"):
+        Chunked(net, size=0)
