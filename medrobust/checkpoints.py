@@ -8,8 +8,11 @@ tensor, so a truncated or swapped file is refused with a clear message. Cards wr
 architectures were recorded describe the paper's model (resnet18, 1 channel, the two
 :data:`~medrobust.choices.CLASS_NAMES`).
 
-:func:`import_model` turns a safetensors state dict of a torchvision network that medrobust did
-not train into such a checkpoint (method ``imported``), so evaluation and the dashboard can use it.
+:func:`import_model` turns a safetensors state dict of a network that medrobust did not train into
+such a checkpoint (method ``imported``), so evaluation and the dashboard can use it: a torchvision
+network of the registry, or one that timm, MONAI or torchxrayvision builds (:mod:`medrobust.external`;
+its card adds ``library``, ``library_version``, ``builder``, ``stage_modules``, ``preprocessing`` and,
+for torchxrayvision, ``outputs`` and ``label_map``, and loading needs that library installed).
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
-from medrobust.choices import CLASS_NAMES, Arch, parse_choice
+from medrobust.choices import CLASS_NAMES, Arch, Library, parse_choice
 from medrobust.fileio import atomic_write_bytes, atomic_write_text
 from medrobust.models import (
     DEFAULT_ARCH,
@@ -66,6 +70,10 @@ def model_tensors(model: torch.nn.Module, *, dtype: torch.dtype = torch.float32)
 
 #: The keys of a card that describe the architecture (see :func:`medrobust.models.model_spec`).
 SPEC_KEYS = ("arch", "num_classes", "in_channels", "mean", "std")
+#: The keys a network of timm, MONAI or torchxrayvision adds (:meth:`medrobust.external.ExternalNet.spec`,
+#: :func:`import_model`); kept in step with ``medrobust.external.SPEC_KEYS`` (which imports nothing optional).
+EXTERNAL_KEYS = ("library", "library_version", "builder", "stage_modules", "outputs", "label_map", "preprocessing",
+                 "native_size", "dropped_keys")
 #: Suffixes of pickled PyTorch files, refused by :func:`import_model` before anything is read.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
 _IMPORT_NEXT = ("then make it evaluable with python -m medrobust import-model {dest} --arch ARCH --classes A,B "
@@ -207,10 +215,13 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", ver
                 f"{path.name}: sha256 {digest[:12]}… does not match its card ({str(card.get('sha256'))[:12]}…); "
                 "the file is truncated, corrupted or not the one the card describes."
             )
-    try:
-        model = build_from_spec(card)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path.name}: its card describes no medrobust model ({exc})") from None
+    if card.get("library") not in (None, Library.TORCHVISION.value):  # timm, MONAI, torchxrayvision
+        model = _external(lambda x: x.build_external(card), name=path.name)
+    else:
+        try:
+            model = build_from_spec(card)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path.name}: its card describes no medrobust model ({exc})") from None
     if card.get("classes") is not None and len(card["classes"]) != model.num_classes:
         raise CheckpointError(f"{path.name}: its card names {len(card['classes'])} classes for "
                               f"{model.num_classes} outputs.")
@@ -276,31 +287,39 @@ def _first(keys: Sequence[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def import_model(weights: str | Path, *, arch: str | Arch, classes: Sequence[str], image_size: int,
+def import_model(weights: str | Path, *, arch: str | Arch, classes: Sequence[str], image_size: int | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, in_channels: int = 1,
                  out_dir: str | Path, name: str | None = None, extra: dict[str, Any] | None = None,
-                 ) -> tuple[Path, dict[str, Any]]:
+                 library: str | Library = Library.TORCHVISION, builder_args: dict[str, Any] | None = None,
+                 label_map: dict[str, str] | str | None = None) -> tuple[Path, dict[str, Any]]:
     """Make a network medrobust did not train into a medrobust checkpoint (method ``imported``).
 
     Parameters
     ----------
     weights
-        A safetensors file holding either a plain torchvision state dict of ``arch`` (keys such as
+        A safetensors file. For torchvision: a plain torchvision state dict of ``arch`` (keys such as
         ``conv1.weight`` or ``features.conv0.weight``, ``fc.weight`` / ``classifier.weight``) or a
-        medrobust state dict (``net.*``, optionally ``mean`` and ``std``). Its first convolution
-        must take ``in_channels`` channels and its head give ``len(classes)`` outputs. Pickled files
-        (.pt, .pth, .ckpt, .bin, .pkl, or a torch.save archive under any name) are refused before
-        anything is unpickled, with the one-line command that converts them.
+        medrobust state dict (``net.*``, optionally ``mean`` and ``std``). For timm, MONAI and
+        torchxrayvision: the state dict of the library's network as built from ``arch`` and
+        ``builder_args`` (torchxrayvision's ``op_threshs`` entry is dropped: outputs stay raw logits).
+        Its first convolution must take ``in_channels`` channels and its head give ``len(classes)``
+        outputs (torchxrayvision: its own outputs). Pickled files (.pt, .pth, .ckpt, .bin, .pkl, or a
+        torch.save archive under any name) are refused before anything is unpickled, with the
+        one-line command that converts them.
     arch
-        The torchvision architecture (:class:`medrobust.choices.Arch`).
+        torchvision: a registry name (:class:`medrobust.choices.Arch`); timm: a model name
+        (``resnet18``, ``convnext_tiny``); MONAI: a network of ``monai.networks.nets`` (``DenseNet121``,
+        ``resnet18``, ``SEResNet50``); torchxrayvision: a weights name (``densenet121-res224-all``).
     classes
         Class names in output order (at least two, distinct).
     image_size
-        The side (px, >= 32) the model expects; evaluation resizes test images to it.
+        The side (px, >= 32) the model expects; evaluation resizes test images to it. Required except
+        for torchxrayvision (default: the weights' native 224 or 512 px).
     mean, std
         Per-channel normalisation of the model's input (``in_channels`` values each, std > 0);
-        default: the file's ``mean``/``std`` for a medrobust file, else grey 0.449/0.226 for 1
-        channel, ImageNet's RGB statistics for 3.
+        default: the file's ``mean``/``std`` for a medrobust file, else the library's own (torchvision:
+        grey 0.449/0.226 for 1 channel, ImageNet's RGB statistics for 3; timm: the model's data
+        config; MONAI: none). torchxrayvision's scale is fixed: [0, 1] -> [-1024, 1024].
     in_channels
         1 (grey input) or 3 (the grey image is repeated to RGB, then normalised).
     out_dir
@@ -310,6 +329,16 @@ def import_model(weights: str | Path, *, arch: str | Arch, classes: Sequence[str
         other weights is never overwritten.
     extra
         More card entries (e.g. a source URL or licence); they cannot replace the entries below.
+    library
+        Which library builds ``arch`` (:class:`medrobust.choices.Library`, default torchvision).
+        timm, MONAI and torchxrayvision are optional extras (:mod:`medrobust.external`).
+    builder_args
+        More arguments of the library's builder (``timm.create_model``, the MONAI network), JSON
+        values; channels, outputs and MONAI's ``spatial_dims=2`` are filled in.
+    label_map
+        torchxrayvision only, and required there: ``{class: output}`` or ``"CLASS=OUTPUT,..."``; the
+        class left out (or mapped to ``rest``) is "none of them"
+        (:func:`medrobust.external.resolve_label_map`).
 
     Returns
     -------
@@ -317,24 +346,30 @@ def import_model(weights: str | Path, *, arch: str | Arch, classes: Sequence[str
         The written weights file (medrobust layout, the source's tensor dtypes kept) and its card:
         name, method "imported", arch, classes, num_classes, in_channels, mean, std, image_size,
         imported_from (file name), imported_sha256 (of the original file), sha256, ... and no data
-        split (so no patients are recorded as trained on).
+        split (so no patients are recorded as trained on). An external network's card adds library,
+        library_version, builder, stage_modules, preprocessing and (torchxrayvision) outputs,
+        label_map and native_size.
 
     Raises
     ------
     CheckpointError
-        A missing, pickled or unreadable file; invalid arguments; tensors that do not fit the
-        architecture (the message names the first missing/unexpected keys or the shape that
-        differs); or an existing, different checkpoint of the same name.
+        A missing, pickled or unreadable file; invalid arguments; a library that is not installed
+        (the message names the extra); tensors that do not fit the architecture (the message names
+        the first missing/unexpected keys or the shape that differs); or an existing, different
+        checkpoint of the same name.
     """
     src = Path(weights)
     _check_weights_file(src)
     try:
-        arch = parse_choice(Arch, arch).value
+        library = parse_choice(Library, library).value
+        arch = parse_choice(Arch, arch).value if library == Library.TORCHVISION.value else str(arch)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
     classes = [str(c) for c in classes] if not isinstance(classes, str) else [classes]
     if len(classes) < 2 or len(set(classes)) != len(classes) or not all(c.strip() for c in classes):
         raise CheckpointError(f"classes must be at least two distinct, non-empty names, got {classes}.")
+    if image_size is None and library == Library.TORCHXRAYVISION.value:
+        image_size = _external(lambda x: x.xrv_native_size(arch))
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
         raise CheckpointError(f"image_size must be an integer of at least 32 (px), got {image_size!r}.")
     if in_channels not in (1, 3) or isinstance(in_channels, bool):
@@ -345,12 +380,45 @@ def import_model(weights: str | Path, *, arch: str | Arch, classes: Sequence[str
         raise CheckpointError(f"Checkpoint name {name!r} must be letters, digits, '.', '_', '+' or '-' "
                               "(no path separators), starting with a letter or digit.")
     reserved = {"name", "method", "classes", "image_size", "imported_from", "imported_sha256", "split",
-                *SPEC_KEYS, "card_version", "weights_file", "weights_dtype", "sha256", "torch_version"}
+                *SPEC_KEYS, *EXTERNAL_KEYS, "card_version", "weights_file", "weights_dtype", "sha256", "torch_version"}
     clash = sorted(set(extra or {}) & reserved)
     if clash:
         raise CheckpointError(f"extra cannot set {', '.join(clash)}: import_model writes those itself.")
+    if library == Library.TORCHVISION.value and (builder_args or label_map):
+        raise CheckpointError("builder arguments and label maps are for --from timm, monai or torchxrayvision; "
+                              "a torchvision network is chosen by --arch alone.")
 
     tensors, _ = _read_tensors(src)
+    if library == Library.TORCHVISION.value:
+        model, out, more = _torchvision_import(src, tensors, arch=arch, classes=classes, in_channels=in_channels,
+                                               mean=mean_v, std=std_v)
+    else:
+        model, out, more = _external_import(src, tensors, library=library, arch=arch, classes=classes,
+                                            image_size=image_size, in_channels=in_channels, mean=mean_v, std=std_v,
+                                            builder_args=builder_args, label_map=label_map)
+    float_dtypes = sorted({str(v.dtype).replace("torch.", "") for k, v in out.items()
+                           if k.startswith("net.") and v.is_floating_point()})
+    data = _serialise(out)
+
+    out_dir = Path(out_dir)
+    path = out_dir / f"{name}.safetensors"
+    if path.exists() and (not path.is_file() or sha256_file(path) != hashlib.sha256(data).hexdigest()):
+        raise CheckpointError(f"{path} exists and holds other weights; choose another name or remove it first.")
+    card: dict[str, Any] = {
+        **(extra or {}),
+        "name": name, "method": "imported", "classes": classes, **model_spec(model),
+        "image_size": image_size, **more, "imported_from": src.name, "imported_sha256": sha256_file(src),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = _write(path, data, card, weights_dtype=float_dtypes[0] if len(float_dtypes) == 1 else "mixed")
+    return path, card
+
+
+def _torchvision_import(src: Path, tensors: dict[str, torch.Tensor], *, arch: str, classes: list[str], in_channels: int,
+                        mean: list[float] | None, std: list[float] | None,
+                        ) -> tuple[XrayNet, dict[str, torch.Tensor], dict[str, Any]]:
+    """The XrayNet a torchvision (or medrobust-layout) file fits, the tensors to write, and no more card entries."""
+    mean_v, std_v = mean, std
     medrobust_layout = any(k.startswith("net.") for k in tensors)
     if medrobust_layout:
         net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
@@ -389,43 +457,115 @@ def import_model(weights: str | Path, *, arch: str | Arch, classes: Sequence[str
         model = XrayNet(arch=arch, num_classes=len(classes), in_channels=in_channels, mean=mean_v, std=std_v)
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
+    _load_net(model, net_state, src=src, what=f"torchvision {arch}", classes=classes)
+
+    out = {f"net.{k}": v for k, v in net_state.items()}
+    for key in ("mean", "std"):  # a medrobust file's own buffers keep their dtype; given or default ones are fp32
+        buf = getattr(model, key)
+        out[key] = tensors[key].reshape(buf.shape) if medrobust_layout and key in tensors else buf
+    return model, out, {}
+
+
+def _load_net(model: XrayNet, net_state: dict[str, torch.Tensor], *, src: Path, what: str, classes: Sequence[str]) -> None:
+    """Load ``net_state`` into ``model.net`` (strict), saying in one line which keys or shapes do not fit."""
     ref = model.net.state_dict()
     missing, unexpected = sorted(set(ref) - set(net_state)), sorted(set(net_state) - set(ref))
     if missing or unexpected:
         parts = [f"{len(missing)} missing ({_first(missing)})"] if missing else []
         parts += [f"{len(unexpected)} unexpected ({_first(unexpected)})"] if unexpected else []
-        raise CheckpointError(f"{src.name} is not a torchvision {arch} state dict: {' and '.join(parts)} key(s).")
+        raise CheckpointError(f"{src.name} is not a {what} state dict: {' and '.join(parts)} key(s).")
     wrong = [k for k in ref if tuple(net_state[k].shape) != tuple(ref[k].shape)]
     if wrong:
         k = wrong[0]
-        raise CheckpointError(f"{src.name} does not fit a {arch} with {len(classes)} classes and {in_channels} channel(s): "
-                              f"{k} has shape {tuple(net_state[k].shape)}, expected {tuple(ref[k].shape)}"
-                              f"{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}.")
+        raise CheckpointError(f"{src.name} does not fit a {model.arch} with {len(classes)} classes and "
+                              f"{model.in_channels} channel(s): {k} has shape {tuple(net_state[k].shape)}, expected "
+                              f"{tuple(ref[k].shape)}{f' ({len(wrong)} tensors differ)' if len(wrong) > 1 else ''}.")
     try:
         model.net.load_state_dict({k: (v.to(ref[k].dtype) if v.is_floating_point() else v) for k, v in net_state.items()},
                                   strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{src.name} does not fit the {_describe(model_spec(model))}: {str(exc)[:300]}") from None
 
-    out = {f"net.{k}": v for k, v in net_state.items()}
-    for key in ("mean", "std"):  # a medrobust file's own buffers keep their dtype; given or default ones are fp32
-        buf = getattr(model, key)
-        out[key] = tensors[key].reshape(buf.shape) if medrobust_layout and key in tensors else buf
-    float_dtypes = sorted({str(v.dtype).replace("torch.", "") for v in net_state.values() if v.is_floating_point()})
-    data = _serialise(out)
 
-    out_dir = Path(out_dir)
-    path = out_dir / f"{name}.safetensors"
-    if path.exists() and (not path.is_file() or sha256_file(path) != hashlib.sha256(data).hexdigest()):
-        raise CheckpointError(f"{path} exists and holds other weights; choose another name or remove it first.")
-    card: dict[str, Any] = {
-        **(extra or {}),
-        "name": name, "method": "imported", "classes": classes, **model_spec(model),
-        "image_size": image_size, "imported_from": src.name, "imported_sha256": sha256_file(src),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    card = _write(path, data, card, weights_dtype=float_dtypes[0] if len(float_dtypes) == 1 else "mixed")
-    return path, card
+def _external(fn: Callable[[ModuleType], Any], *, name: str | None = None) -> Any:
+    """``fn(medrobust.external)``, its one-line errors (a missing library names the extra) as CheckpointError
+    (prefixed with the checkpoint's ``name`` when given); the optional library is imported only in there."""
+    from medrobust import external
+
+    try:
+        return fn(external)
+    except external.ExternalModelError as exc:
+        raise CheckpointError(f"{name}: {exc}" if name else str(exc)) from None
+
+
+#: torchxrayvision keys that are no weights: ``op_threshs`` rescales outputs to its operating points (off here).
+_XRV_DROPPED = ("op_threshs",)
+
+
+def _external_import(src: Path, tensors: dict[str, torch.Tensor], *, library: str, arch: str, classes: list[str],
+                     image_size: int, in_channels: int, mean: list[float] | None, std: list[float] | None,
+                     builder_args: dict[str, Any] | None, label_map: dict[str, str] | str | None,
+                     ) -> tuple[XrayNet, dict[str, torch.Tensor], dict[str, Any]]:
+    """The ExternalNet a timm/MONAI/torchxrayvision state dict fits, the tensors to write, and the card's
+    preprocessing (and torchxrayvision's label map, native size and dropped keys)."""
+    xrv = library == Library.TORCHXRAYVISION.value
+    if any(k.startswith("net.") for k in tensors):
+        raise CheckpointError(f"{src.name} is in medrobust's layout (net.*); give the {library} network's own state "
+                              "dict, or evaluate the medrobust checkpoint it came from.")
+    if xrv and (mean is not None or std is not None):
+        raise CheckpointError(f"torchxrayvision's weights expect its own scale ([0, 1] -> [-1024, 1024]); leave "
+                              "--mean and --std out.")
+    if xrv and not label_map:
+        raise CheckpointError(f"torchxrayvision {arch} is multi-label (one sigmoid output per finding); say which "
+                              f"output each class reads, e.g. --classes non-COVID,COVID-19 --label-map "
+                              f"COVID-19=Pneumonia (the class left out is the rest).")
+    if not xrv and label_map:
+        raise CheckpointError(f"--label-map is for torchxrayvision's multi-label models; a {library} network's "
+                              "outputs are the classes, in order.")
+
+    def build(x):
+        outputs = x.xrv_outputs(arch) if xrv else None
+        resolved = (x.resolve_label_map(classes=classes, outputs=outputs, label_map=label_map,
+                                        model=f"torchxrayvision {arch}") if xrv else None)
+        kwargs = x.builder_kwargs(library, arch, kwargs=builder_args, in_channels=in_channels,
+                                  num_outputs=None if xrv else len(classes))
+        model = x.ExternalNet(library=library, name=arch, kwargs=kwargs, num_classes=len(classes),
+                              in_channels=in_channels, mean=mean or [0.0] * in_channels, std=std or [1.0] * in_channels,
+                              label_map=resolved, outputs=outputs, probe_size=image_size)
+        d_mean, d_std, how = x.default_normalisation(library, arch, in_channels=in_channels, net=model.net)
+        if mean is None:
+            model.mean.copy_(torch.tensor(d_mean).view_as(model.mean))
+            model.std.copy_(torch.tensor(d_std).view_as(model.std))
+        return model, how
+
+    model, how = _external(build)
+    dropped = sorted(k for k in tensors if xrv and k in _XRV_DROPPED)
+    net_state = {k: v for k, v in tensors.items() if k not in dropped}
+    if not net_state:
+        raise CheckpointError(f"{src.name} holds no tensors.")
+    _load_net(model, net_state, src=src, what=f"{library} {arch}", classes=classes)
+    probe = torch.rand(2, 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    _external(lambda x: model.check_stages(probe))
+
+    more: dict[str, Any] = {"preprocessing": {
+        "input": "grey image in [0, 1], resized to image_size; (x - mean) / std inside the model's forward",
+        "normalisation": how if mean is None else "given with the import (--mean/--std)",
+    }}
+    if xrv:
+        native = _external(lambda x: x.xrv_native_size(arch))
+        more["preprocessing"].update(
+            op_threshs="off: the outputs are raw logits, sigmoid = the model's probability",
+            outputs=("class k's logit is its mapped output's logit, the rest class's 0, less their mean: softmax gives "
+                     "P(class) = sigmoid(output) for two classes"))
+        more["native_size"] = native
+        if image_size != native:
+            more["preprocessing"]["size_note"] = (f"evaluated at {image_size} px; torchxrayvision's own forward would "
+                                                  f"resize every input to its native {native} px")
+    if dropped:
+        more["dropped_keys"] = dropped
+    out = {f"net.{k}": v for k, v in net_state.items()}
+    out.update(mean=model.mean, std=model.std)
+    return model, out, more
 
 
 def export_fp16(src: str | Path, dst: str | Path, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:

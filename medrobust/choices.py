@@ -54,6 +54,20 @@ class Arch(str, Enum):
     CONVNEXT_TINY = "convnext_tiny"
 
 
+class Library(str, Enum):
+    """Where ``import-model`` gets an architecture from (value = the library's import name).
+
+    ``torchvision`` builds the registry networks (:class:`Arch`) inside :class:`medrobust.models.XrayNet`;
+    the others are optional extras (``pip install ".[timm]"`` etc.) whose networks
+    :mod:`medrobust.external` wraps with the same interface.
+    """
+
+    TORCHVISION = "torchvision"
+    TIMM = "timm"
+    MONAI = "monai"
+    TORCHXRAYVISION = "torchxrayvision"
+
+
 class ThresholdRule(str, Enum):
     """How :func:`medrobust.decision.choose_threshold` picks a binary operating point."""
 
@@ -76,7 +90,7 @@ CLASS_NAMES: tuple[str, str] = ("non-COVID", "COVID-19")
 E = TypeVar("E", bound=Enum)
 
 _WHAT = {
-    Method: "method", Norm: "norm", Noise: "noise", Arch: "architecture",
+    Method: "method", Norm: "norm", Noise: "noise", Arch: "architecture", Library: "model library",
     ThresholdRule: "threshold rule", ConformalMethod: "conformal method",
 }
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from medrobust import settings
-from medrobust.choices import Arch
+from medrobust.choices import Arch, Library
 from medrobust.methods import METHODS
 
 EXIT_USAGE = 2
@@ -222,20 +222,42 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("dest", type=Path)
 
     i = sub.add_parser("import-model", help="make a model medrobust did not train evaluable (writes a medrobust card)",
-                       description="Read a safetensors state dict of a torchvision network (plain torchvision keys "
-                                   "or medrobust's), check that it loads, and write it with a medrobust card "
-                                   "(sha256, architecture, classes, preprocessing) into --out, so evaluate, report "
-                                   "and the dashboard treat it like a shipped model. Pickled files (.pt/.pth) are "
-                                   "refused: convert them to safetensors first.")
+                       description="Read a safetensors state dict of a network built by torchvision (plain "
+                                   "torchvision keys or medrobust's), timm, MONAI or torchxrayvision, check that it "
+                                   "loads, and write it with a medrobust card (sha256, library and version, "
+                                   "architecture and builder arguments, classes, preprocessing) into --out, so "
+                                   "evaluate, report and the dashboard treat it like a shipped model. Pickled files "
+                                   "(.pt/.pth) are refused: convert them to safetensors first.",
+                       epilog="Examples: --from timm --arch convnext_tiny --classes a,b --image-size 224; "
+                              "--from monai --arch DenseNet121 --classes a,b,c --image-size 128 "
+                              "(spatial_dims=2, in_channels, out_channels filled in); --from torchxrayvision "
+                              "--arch densenet121-res224-all --classes non-COVID,COVID-19 --label-map "
+                              "COVID-19=Pneumonia.")
     i.add_argument("weights", type=Path, help="WEIGHTS.safetensors")
-    i.add_argument("--arch", required=True, choices=[a.value for a in Arch])
+    i.add_argument("--from", dest="library", choices=[lib.value for lib in Library], default=Library.TORCHVISION.value,
+                   help="the library that builds --arch (default torchvision; timm, monai and torchxrayvision are "
+                        "extras: pip install \".[timm]\" etc.)")
+    i.add_argument("--arch", required=True,
+                   help=f"torchvision: one of {', '.join(a.value for a in Arch)}; timm: a model name "
+                        "(timm.list_models()); monai: a network of monai.networks.nets (DenseNet121, resnet18, "
+                        "SEResNet50, ...); torchxrayvision: a weights name (densenet121-res224-all, -nih, -pc, "
+                        "-chex, -rsna, -mimic_nb, -mimic_ch; resnet50-res512-all)")
+    i.add_argument("--arg", dest="builder_args", action="append", type=_builder_arg, metavar="KEY=VALUE",
+                   help="an argument of timm.create_model or the MONAI network, repeatable; VALUE is read as JSON "
+                        "(2, 0.1, true, [6,12,24,16]) or else as text")
     i.add_argument("--classes", required=True, type=_class_list, help="comma-separated class names in output order")
-    i.add_argument("--image-size", required=True, type=_positive_int, help="the side the model expects (e.g. 224)")
+    i.add_argument("--label-map", type=_label_map, metavar="CLASS=OUTPUT[,CLASS=OUTPUT...]",
+                   help="torchxrayvision only (required there): which of its outputs each class reads, e.g. "
+                        "COVID-19=Pneumonia; the one class left out (or CLASS=rest) is none of them. Two classes: "
+                        "P(class) = sigmoid(output)")
+    i.add_argument("--image-size", type=_positive_int,
+                   help="the side the model expects (e.g. 224); required except for torchxrayvision (its native size)")
     i.add_argument("--in-channels", type=int, choices=[1, 3], default=1,
                    help="1 (grey) or 3 (the grey image is repeated to RGB)")
-    i.add_argument("--mean", type=_floats, help="per-channel mean the model normalises with (default: grey 0.449, "
-                                                "or ImageNet's RGB means for 3 channels)")
-    i.add_argument("--std", type=_floats, help="per-channel std (default: grey 0.226, or ImageNet's RGB stds)")
+    i.add_argument("--mean", type=_floats, help="per-channel mean the model normalises with (default: the library's; "
+                                                "torchvision grey 0.449 or ImageNet's RGB means for 3 channels)")
+    i.add_argument("--std", type=_floats, help="per-channel std (default: the library's; torchvision grey 0.226 or "
+                                               "ImageNet's RGB stds)")
     i.add_argument("--name", help="model name (default: the file's stem)")
     i.add_argument("--out", type=Path, help="folder to write into (default $MEDROBUST_CHECKPOINTS, else checkpoints/)")
 
@@ -836,15 +858,50 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_import_model(args) -> int:
-    from medrobust.checkpoints import import_model
+def _builder_arg(text: str) -> tuple[str, object]:
+    """``--arg KEY=VALUE``: VALUE as JSON (numbers, true/false, lists), else as text."""
+    import json
 
+    key, eq, value = (t.strip() for t in text.partition("="))
+    if not eq or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. drop_rate=0.1), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _label_map(text: str) -> dict[str, str]:
+    from medrobust.external import ExternalModelError, parse_label_map
+
+    try:
+        return parse_label_map(text)
+    except ExternalModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_import_model(args) -> int:
+    from medrobust.checkpoints import CheckpointError, import_model
+
+    if args.image_size is None and args.library != Library.TORCHXRAYVISION.value:
+        raise CheckpointError(f"--image-size is required for a {args.library} model: the side it expects (e.g. 224).")
+    builder_args = dict(args.builder_args or ())
+    if len(builder_args) != len(args.builder_args or ()):
+        raise CheckpointError("--arg names a key twice; give each builder argument once.")
     out = args.out or settings.checkpoints_dir()
     path, card = import_model(args.weights, arch=args.arch, classes=list(args.classes), image_size=args.image_size,
-                              mean=args.mean, std=args.std, in_channels=args.in_channels, out_dir=out, name=args.name)
-    print(f"wrote {path} ({card['arch']}, {len(card['classes'])} classes: {', '.join(card['classes'])}; "
+                              mean=args.mean, std=args.std, in_channels=args.in_channels, out_dir=out, name=args.name,
+                              library=args.library, builder_args=builder_args or None, label_map=args.label_map)
+    where = f"{card['library']} {card['library_version']} " if card.get("library") else ""
+    print(f"wrote {path} ({where}{card['arch']}, {len(card['classes'])} classes: {', '.join(card['classes'])}; "
           f"{card['image_size']} px, {card['in_channels']} channel(s); sha256 {card['sha256'][:12]}…). "
           f"Evaluate it with: python -m medrobust evaluate {path} --test-manifest DATA")
+    if card.get("label_map"):
+        print("label map: " + "; ".join(f"{c} = {o if o != 'rest' else 'rest (none of the mapped outputs)'}"
+                                        for c, o in card["label_map"].items()))
+    if card.get("native_size") and card["native_size"] != card["image_size"]:
+        print(f"note: {card['arch']} was trained at {card['native_size']} px; it is evaluated at {card['image_size']} px.",
+              file=sys.stderr)
     return 0
 
 

@@ -9,7 +9,10 @@ respect to it alone. Concurrent calls on the same model are therefore safe.
 
 The layer names are :func:`medrobust.models.cam_layers` (shallow -> deep): ``layer1`` ..
 ``layer4`` for ResNets, ``denseblock1`` .. ``denseblock4`` for DenseNet-121, ``stage1`` ..
-``stage4`` for EfficientNet-B0, MobileNetV3-Large and ConvNeXt-Tiny.
+``stage4`` for EfficientNet-B0, MobileNetV3-Large and ConvNeXt-Tiny. A network built by timm, MONAI
+or torchxrayvision (:class:`medrobust.external.ExternalNet`) is replayed the same way through the
+stages its card records, named after the library's modules (``layer4``, ``stages.3``,
+``features.denseblock4``); for a torchxrayvision label map the explained logit is the class's own.
 
 Several layers at once (``layer=("layer3", "layer4")``) give the mean of the layers' maps, each
 upsampled and scaled to a peak of 1 first: the map keeps the finer layer's detail (8x8 for layer3 at
@@ -75,8 +78,8 @@ def gradcam(model: XrayNet, x: torch.Tensor, *, class_index: int | None = None,
     Parameters
     ----------
     model
-        An :class:`~medrobust.models.XrayNet` of any architecture, in eval mode (it is not changed;
-        a BatchNorm-folded copy works too).
+        An :class:`~medrobust.models.XrayNet` of any architecture (an imported timm, MONAI or
+        torchxrayvision network too), in eval mode (it is not changed; a BatchNorm-folded copy works too).
     x
         One image, (1, 1, H, W) or (1, H, W), in [0, 1].
     class_index

@@ -25,6 +25,11 @@ convnext_tiny                 ``stage1`` .. ``stage4``                    ``feat
                                                                           ``[4:6]``, ``[6:8]`` (each
                                                                           with its downsampling)
 ============================  ==========================================  ===============================
+
+Networks built by timm, MONAI or torchxrayvision are :class:`medrobust.external.ExternalNet`, an
+XrayNet whose ``library`` is not torchvision: :func:`stages`, :func:`head`, :func:`cam_layers` and
+:func:`model_spec` ask the model itself for them (its card's ``stage_modules``), and this module never
+imports those libraries.
 """
 
 from __future__ import annotations
@@ -135,6 +140,10 @@ class XrayNet(nn.Module):
     the one of the earlier ``XrayResNet``, so its checkpoints load unchanged.
     """
 
+    #: Which library built ``net``: torchvision here; timm, MONAI or torchxrayvision in
+    #: :class:`medrobust.external.ExternalNet`, which describes its own stages and head.
+    library = "torchvision"
+
     def __init__(self, *, arch: str | Arch = DEFAULT_ARCH, num_classes: int = NUM_CLASSES, in_channels: int = 1,
                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None) -> None:
         super().__init__()
@@ -160,12 +169,19 @@ class XrayNet(nn.Module):
                                              stride=old.stride, padding=old.padding, dilation=old.dilation,
                                              groups=old.groups, bias=old.bias is not None,
                                              padding_mode=old.padding_mode))
+        self._init_io(net=net, arch=arch, num_classes=num_classes, in_channels=in_channels, mean=mean_v, std=std_v)
+
+    def _init_io(self, *, net: nn.Module, arch: str, num_classes: int, in_channels: int, mean: Sequence[float],
+                 std: Sequence[float]) -> None:
+        """Keep ``net`` and the interface every caller relies on: ``arch``, ``num_classes``, ``in_channels``
+        and the normalisation buffers ``mean``/``std`` (shape (1, ``in_channels``, 1, 1)); shared with
+        :class:`medrobust.external.ExternalNet`."""
         self.net = net
         self.arch = arch
         self.num_classes = num_classes
         self.in_channels = in_channels
-        self.register_buffer("mean", torch.tensor(mean_v, dtype=torch.float32).view(1, in_channels, 1, 1))
-        self.register_buffer("std", torch.tensor(std_v, dtype=torch.float32).view(1, in_channels, 1, 1))
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, in_channels, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, in_channels, 1, 1))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) in [0, 1] -> the network's input (N, ``in_channels``, H, W), normalised."""
@@ -212,6 +228,8 @@ def model_spec(model: XrayNet) -> dict[str, Any]:
     """
     if not isinstance(model, XrayNet):
         raise TypeError(f"model_spec expects an XrayNet, got {type(model).__name__}.")
+    if model.library != XrayNet.library:
+        return model.spec()  # the library, its version, builder, stages (medrobust.external)
     return {"arch": model.arch, "num_classes": model.num_classes, "in_channels": model.in_channels,
             "mean": [_short(v) for v in model.mean.detach().flatten().tolist()],
             "std": [_short(v) for v in model.std.detach().flatten().tolist()]}
@@ -221,8 +239,12 @@ def build_from_spec(spec: dict[str, Any]) -> XrayNet:
     """A fresh :class:`XrayNet` as described by ``spec`` (e.g. a checkpoint card; other keys are ignored).
 
     Missing keys take the paper's defaults: resnet18, 2 classes, 1 channel, grey statistics (the
-    default statistics of the channel count when ``mean``/``std`` are missing).
+    default statistics of the channel count when ``mean``/``std`` are missing). A spec of a network built
+    by another library (``library``: timm, monai, torchxrayvision) is :func:`medrobust.external.build_external`'s,
+    and is refused here with a ValueError.
     """
+    if spec.get("library") not in (None, XrayNet.library):
+        raise ValueError(f"a {spec['library']} network is built by medrobust.external.build_external, not here.")
     return XrayNet(arch=spec.get("arch") or DEFAULT_ARCH, num_classes=spec.get("num_classes", NUM_CLASSES),
                    in_channels=spec.get("in_channels", 1), mean=spec.get("mean"), std=spec.get("std"))
 
@@ -244,6 +266,8 @@ def stages(model: XrayNet) -> list[tuple[str, nn.Module]]:
     ``model`` is changed (safe on a model shared between threads).
     """
     net = _check(model, "stages").net
+    if model.library != XrayNet.library:
+        return model.stages()
     arch = model.arch
     if arch in _RESNETS:
         return [("stem", nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)),
@@ -265,6 +289,8 @@ def head(model: XrayNet, h: torch.Tensor) -> torch.Tensor:
     Pooling, flattening and the classifier; never in place (``h`` may be a leaf that requires grad).
     """
     net = _check(model, "head").net
+    if model.library != XrayNet.library:
+        return model.head(h)
     arch = model.arch
     if arch in _RESNETS:
         return net.fc(torch.flatten(net.avgpool(h), 1))
@@ -280,8 +306,12 @@ def cam_layers(model: XrayNet | str | Arch) -> tuple[str, ...]:
 
     ``("layer1", .., "layer4")`` for ResNets, ``("denseblock1", .., "denseblock4")`` for DenseNet,
     ``("stage1", .., "stage4")`` for EfficientNet, MobileNetV3 and ConvNeXt; stage i ends at output
-    stride 2**(i+1) in every architecture.
+    stride 2**(i+1) in every architecture. A network built by timm, MONAI or torchxrayvision
+    (:class:`medrobust.external.ExternalNet`) names its stages after the library's module each ends with
+    (``layer4``, ``stages.3``, ``features.denseblock4``, ...), as its card records them.
     """
+    if isinstance(model, XrayNet) and model.library != XrayNet.library:
+        return model.cam_layers()
     arch = model.arch if isinstance(model, XrayNet) else parse_choice(Arch, model).value
     if arch in _RESNETS:
         return ("layer1", "layer2", "layer3", "layer4")
