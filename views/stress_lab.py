@@ -149,7 +149,8 @@ image_info["model_sizes"] = sizes
 
 # ----------------------------------------------------------------------------- controls
 def _controls(*, ok_models, sizes, image_info, source_id, pixels, note):
-    """The perturbation, Grad-CAM and flip-search controls; returns (perturbation, cam layer, flip steps, clicked)."""
+    """The perturbation, Grad-CAM and flip-search controls; returns (perturbation, cam layer, perturbed Grad-CAM or not,
+    flip steps, clicked)."""
     lim = perturbation.limits()
     kinds = list(perturbation.KINDS)
     c1, c2, c3 = st.columns([2, 3, 2])
@@ -196,6 +197,11 @@ def _controls(*, ok_models, sizes, image_info, source_id, pixels, note):
                                       "anything finer is bilinear upsampling. Networks other than ResNets use their own "
                                       "stages: layer4 = the deepest, layer3 = one earlier. A flat map is drawn as no "
                                       "overlay.")
+        with_cam = st.toggle("Grad-CAM of the perturbed input", value=False, key="cam_perturbed",
+                             help="Off, each card shows the clean image's Grad-CAM (computed once per image) beside the "
+                                  "answer under the perturbation. On, every change of the perturbation also explains "
+                                  "each perturbed answer: one backward pass per model, about three times the work of "
+                                  "the answer alone, so the page answers slower.")
         flip_steps = st.slider("PGD steps for the flip search", 5, lim.max_flip_steps, 10, 5, key="flip_steps",
                                help="More steps find smaller flipping radii but take longer (about 7 attacks per model).")
         find_flip = st.button("Smallest eps that flips each prediction", key="find_flip",
@@ -205,7 +211,7 @@ def _controls(*, ok_models, sizes, image_info, source_id, pixels, note):
                    f"px → {', '.join(map(str, sizes))} px model input" + (f". {note}" if note else ""))
     pert = perturbation.Perturbation(kind=kind, severity=float(severity), eps=float(eps), steps=int(steps), mode=mode,
                                      source=src, seed=seed, method=method, corruption=corruption, level=int(level))
-    return pert, cam_layer, flip_steps, find_flip
+    return pert, cam_layer, with_cam, flip_steps, find_flip
 
 
 # ----------------------------------------------------------------------------- model cards
@@ -264,8 +270,11 @@ def _card(o, pics, *, vmax, clean, cam_layer, kind, outside, flip):
         a, b = st.columns(2)
         a.image(pics["cam_clean"], caption=tiles.cam_caption(o, "clean", tiles.cam_is_flat(o.cam_clean)),
                 width="stretch")
-        b.image(pics["cam_perturbed"], caption=tiles.cam_caption(o, "perturbed", tiles.cam_is_flat(o.cam_pert)),
-                width="stretch")
+        if "cam_perturbed" in pics:
+            b.image(pics["cam_perturbed"], caption=tiles.cam_caption(o, "perturbed", tiles.cam_is_flat(o.cam_pert)),
+                    width="stretch")
+        else:
+            b.caption("Grad-CAM of the perturbed input: off (the switch *Grad-CAM of the perturbed input* above).")
     cv = clean.views.get(o.name)
     if cv is not None and cv.cam_grid:
         st.caption(captions.cam_resolution(cam_layer, cv.cam_grid, o.image_size, cv.cam_layers))
@@ -308,7 +317,7 @@ def stress_panel(*, model_set, image, image_info, source_id, true_label, outside
     """Controls, cards and snapshot: a slider move reruns this function only (see the module docstring)."""
     ok_models = model_set.ok_models
     sizes = image_info["model_sizes"]
-    pert, cam_layer, flip_steps, find_flip = _controls(ok_models=ok_models, sizes=sizes, image_info=image_info,
+    pert, cam_layer, with_cam, flip_steps, find_flip = _controls(ok_models=ok_models, sizes=sizes, image_info=image_info,
                                                        source_id=source_id, pixels=image.decoded.pixels,
                                                        note=image.decoded.note)
     set_key = modelset.model_set_key(model_set)
@@ -316,10 +325,10 @@ def stress_panel(*, model_set, image, image_info, source_id, true_label, outside
     with st.spinner("Analysing the image…"):
         clean = held.clean_analysis(source_id=source_id, set_key=set_key, cam_layer=cam_layer,
                                     _model_set=model_set, _pixels=image.decoded.pixels)
-    out_key = (clean_key, pert, true_label)
+    out_key = (clean_key, pert, true_label, with_cam)
     with st.spinner("Attacking…" if pert.kind == "pgd" else "Predicting…"):
-        outcomes = held.outcomes(clean_key=clean_key, pert=pert, true_label=true_label, _model_set=model_set,
-                                 _clean=clean)
+        outcomes = held.outcomes(clean_key=clean_key, pert=pert, true_label=true_label, with_cam=with_cam,
+                                 _model_set=model_set, _clean=clean)
     flips = _flips(model_set=model_set, clean=clean, clean_key=clean_key, flip_steps=flip_steps, seed=pert.seed,
                    find_flip=find_flip)
     flip_by_name = {f.name: f for f in flips} if flips else {}

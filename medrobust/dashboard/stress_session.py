@@ -90,17 +90,18 @@ def clean_analysis(*, source_id: str, set_key: tuple, cam_layer: str, _model_set
     return _clean.analyse_clean(_model_set, _pixels, cam_layer=cam_layer)
 
 
-#: A set of outcomes holds each model's pictures at its own size (about 1.3 MB for four 128 px models): a few recent
-#: settings per session keep 100 sessions within the server's memory.
-@st.cache_resource(scope="session", max_entries=4, show_spinner=False)
-def outcomes(*, clean_key: tuple, pert: Perturbation, true_label: str | None, _model_set: ModelSet,
+#: A set of outcomes holds each model's pictures at its own size (about 1.3 MB for four 128 px models): the current
+#: setting and the one before it per session (100 sessions x 3 predictions peaked at 1.77 GiB RSS with four each).
+@st.cache_resource(scope="session", max_entries=2, show_spinner=False)
+def outcomes(*, clean_key: tuple, pert: Perturbation, true_label: str | None, with_cam: bool, _model_set: ModelSet,
              _clean: CleanState) -> list[Outcome]:
-    """Every model's answer and Grad-CAM under ``pert``, once per (image, models, layer, perturbation, true class)."""
+    """Every model's answer (and, ``with_cam``, its Grad-CAM) under ``pert``, once per (image, models, layer,
+    perturbation, true class, Grad-CAM or not)."""
     del clean_key  # only part of the cache key
-    return stress_run.run_stress(_model_set, _clean, pert, true_class=true_label)
+    return stress_run.run_stress(_model_set, _clean, pert, true_class=true_label, with_cam=with_cam)
 
 
-@st.cache_resource(scope="session", max_entries=4, show_spinner=False)
+@st.cache_resource(scope="session", max_entries=2, show_spinner=False)
 def card_tiles(*, clean_key: tuple, outcome_key: tuple, _outcomes: Sequence[Outcome]) -> list[dict[str, bytes]]:
     """The encoded pictures of every card (:func:`medrobust.dashboard.tiles.card_tiles`), once per outcome set; the
     clean Grad-CAM tiles once per image (:func:`clean_cam_tile`)."""

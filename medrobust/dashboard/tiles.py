@@ -71,6 +71,7 @@ def card_images(o: Outcome, *, vmax: float, target: int = 256, with_clean_cam: b
 
     When the model saw its input unchanged (no perturbation, or one of size 0) there is no perturbation to draw and
     the perturbed map would repeat the clean one: only ``perturbed`` (the input) and ``cam_clean`` are returned.
+    ``cam_perturbed`` is left out too when the outcome holds no perturbed map (run without Grad-CAM).
     ``with_clean_cam=False`` leaves ``cam_clean`` out (it depends on the image only: :func:`clean_cam_image`).
     """
     f = display_factor(o.image_size, target)
@@ -79,7 +80,7 @@ def card_images(o: Outcome, *, vmax: float, target: int = 256, with_clean_cam: b
         out["perturbation"] = upscale(diverging_rgb(o.delta, vmax), f)
     if with_clean_cam:
         out["cam_clean"] = clean_cam_image(o, target=target)
-    if input_changed(o):
+    if input_changed(o) and o.cam_pert is not None:  # None: the perturbed input's Grad-CAM was not asked for
         out["cam_perturbed"] = upscale(cam_overlay(o.x_pert, o.cam_pert), f)
     return out
 

@@ -488,8 +488,17 @@ def test_stress_test_grad_cam_names_its_class_and_grid_and_draws_no_empty_or_rep
         assert not any(n.endswith(("perturbation.png", "cam_perturbed.png")) for n in zf.namelist())
     # And the layer and native grid behind it (32 px models: layer3 by default, a 2×2 map).
     assert _texts(at).count("layer3: 2×2 map, upsampled bilinearly to 32 px") == 4
-    # With a perturbation: a clean and a perturbed map per model, each naming its own input's class.
+    # With a perturbation, by default only the clean map (computed once per image), and the card says the perturbed
+    # one is off; switched on, a clean and a perturbed map per model, each naming its own input's class.
     at.radio(key="kind").set_value("gaussian").run()
+    _no_exception(at)
+    cams = [c.split(" (flat")[0] for c in _cam_captions(at)]
+    snap = json.loads(at.session_state["stress_snapshot"]["json"])
+    assert cams == [f"Grad-CAM for {m['clean']['class']}, clean input" for m in snap["models"]]
+    assert sum("Grad-CAM of the perturbed input: off" in c.value for c in at.caption) == 4
+    with zipfile.ZipFile(io.BytesIO(at.session_state["stress_snapshot"]["zip"]())) as zf:
+        assert not any(n.endswith("cam_perturbed.png") for n in zf.namelist())
+    at.toggle(key="cam_perturbed").set_value(True).run()
     _no_exception(at)
     cams = [c.split(" (flat")[0] for c in _cam_captions(at)]
     snap = json.loads(at.session_state["stress_snapshot"]["json"])

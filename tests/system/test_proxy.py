@@ -33,6 +33,8 @@ def test_the_proxy_passes_what_streamlit_needs_and_routes_by_a_cookie():
     cap = re.search(r"client_max_body_size (\d+)m;", CONF)
     assert cap and int(cap.group(1)) == config["server"]["maxUploadSize"]  # one limit, not two
     assert "proxy_set_header Upgrade $http_upgrade;" in CONF and "proxy_http_version 1.1;" in CONF
+    # an upload is never spooled to the proxy's disk (the app keeps uploads in memory only)
+    assert "proxy_request_buffering off;" in CONF and "proxy_max_temp_file_size 0;" in CONF
     assert re.search(r"upstream medrobust \{\s*hash \$route consistent;", CONF)
     assert "map $cookie_medrobust_route $route" in CONF and "medrobust_route=$route" in CONF
     # compose: every replica is the image as documented (health check kept, demo mode, admin token required)
