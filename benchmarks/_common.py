@@ -67,6 +67,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_simd() -> list[str]:
+    """The SIMD features of this CPU that decide the arithmetic's speed (avx2, avx512f, avx512_bf16, amx_bf16)."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+
+
 def machine_line(device: torch.device) -> str:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU used"
     try:

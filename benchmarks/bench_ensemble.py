@@ -72,15 +72,7 @@ def _aa_settings(aa) -> str:
 
 def cpu_kind() -> str:
     """The CPU model and the SIMD features that decide the attack's arithmetic speed."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    simd = C.cpu_simd()
     return (f"{C.cpu_model()} ({', '.join(simd) or 'SIMD flags unknown'}), native bf16 for oneDNN: "
             f"{cpu_bf16_is_fast()}")
 

@@ -74,17 +74,9 @@ def parse():
 
 def cpu_kind() -> str:
     """The CPU model and the SIMD features that decide the arithmetic's speed."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    kind = ("AMX + AVX-512 BF16" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags
-            else "AVX2 only (bf16 emulated)" if "avx2" in flags else "unknown")
+    simd = C.cpu_simd()
+    kind = ("AMX + AVX-512 BF16" if "amx_bf16" in simd else "AVX-512 BF16" if "avx512_bf16" in simd
+            else "AVX2 only (bf16 emulated)" if "avx2" in simd else "unknown")
     return f"{C.cpu_model()} [{kind}; flags {', '.join(simd) or 'unknown'}]"
 
 
