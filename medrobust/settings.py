@@ -120,41 +120,43 @@ def torch_threads() -> int:
         raise ValueError(f"{ENV_TORCH_THREADS} must be a whole number, got {os.environ[ENV_TORCH_THREADS]!r}.") from None
 
 
-def dicom_timeout_s(default: float = 15.0) -> float:
-    """``MEDROBUST_DICOM_TIMEOUT_S``: seconds allowed to decode one DICOM (a bad value means the default)."""
+def _number(name: str, default, cast, *, ok) -> float | int:
+    """The environment variable ``name`` read with ``cast``; unset, unreadable or not ``ok(value)`` means ``default``."""
     try:
-        value = float(os.environ.get(ENV_DICOM_TIMEOUT) or default)
+        value = cast(os.environ.get(name) or default)
     except ValueError:
         return default
-    return value if value > 0 else default
+    return value if ok(value) else default
+
+
+def _switch(name: str) -> bool:
+    """The environment variable ``name`` as an on/off switch, on by default: off for ``0``/``false``/``no``/``off``."""
+    return (os.environ.get(name) or "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def dicom_timeout_s(default: float = 15.0) -> float:
+    """``MEDROBUST_DICOM_TIMEOUT_S``: seconds allowed to decode one DICOM (a bad value means the default)."""
+    return _number(ENV_DICOM_TIMEOUT, default, float, ok=lambda v: v > 0)
 
 
 def batching() -> bool:
     """``MEDROBUST_BATCHING``: False for ``0``/``false``/``no``/``off`` (any case), else True."""
-    return (os.environ.get(ENV_BATCHING) or "1").strip().lower() not in ("0", "false", "no", "off")
+    return _switch(ENV_BATCHING)
 
 
 def gc_freeze() -> bool:
     """``MEDROBUST_GC_FREEZE``: False for ``0``/``false``/``no``/``off`` (any case), else True."""
-    return (os.environ.get(ENV_GC_FREEZE) or "1").strip().lower() not in ("0", "false", "no", "off")
+    return _switch(ENV_GC_FREEZE)
 
 
 def batch_wait_ms(default: float = 2.0) -> float:
     """``MEDROBUST_BATCH_WAIT_MS``: how long a queued forward waits for company (a bad value means the default)."""
-    try:
-        value = float(os.environ.get(ENV_BATCH_WAIT_MS) or default)
-    except ValueError:
-        return default
-    return value if value >= 0 else default
+    return _number(ENV_BATCH_WAIT_MS, default, float, ok=lambda v: v >= 0)
 
 
 def batch_max_size(default: int = 16) -> int:
     """``MEDROBUST_BATCH_MAX``: the most images in one batched forward (a bad value means the default)."""
-    try:
-        value = int(os.environ.get(ENV_BATCH_MAX) or default)
-    except ValueError:
-        return default
-    return value if value >= 1 else default
+    return _number(ENV_BATCH_MAX, default, int, ok=lambda v: v >= 1)
 
 
 #: The fitted input check beside the shipped models (``<checkpoints>/input_check.safetensors`` + ``.json``): not a model.

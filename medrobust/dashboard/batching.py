@@ -230,5 +230,6 @@ def predict_many(pairs: Sequence[tuple[torch.nn.Module, torch.Tensor]], *, batch
     if not batched:
         with torch.no_grad():
             return [torch.softmax(model(x).float(), dim=1) for model, x in pairs]
-    handles = [(batcher_for(model), batcher_for(model).submit(x)) for model, x in pairs]
-    return [b.result(h) for b, h in handles]
+    batchers = [batcher_for(model) for model, _ in pairs]
+    handles = [b.submit(x) for b, (_, x) in zip(batchers, pairs)]  # all queued before any is waited for
+    return [b.result(h) for b, h in zip(batchers, handles)]
