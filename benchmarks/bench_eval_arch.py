@@ -68,6 +68,7 @@ def parse():
     p.add_argument("--peer-n", type=int, help="images the peer attacks (default --n)")
     p.add_argument("--levers", action="store_true", help="time the attack stage with and without each lever")
     p.add_argument("--pass-images", type=int, help="images per model pass (default: evaluate_model's choice)")
+    p.add_argument("--batch-size", type=int, help="images per evaluation batch (default: EvalConfig's)")
     p.add_argument("--cli", action="store_true", help="also time `python -m medrobust evaluate` on the subset")
     return p.parse_args()
 
@@ -172,13 +173,13 @@ def write_manifest(part, folder: Path) -> Path:
 # ---- ours, the peer, the levers ------------------------------------------------------------------------------
 
 
-def run_ours(model, card, x_u8, y, *, keys, pass_images: int | None) -> tuple[dict, Meter]:
+def run_ours(model, card, x_u8, y, *, keys, pass_images: int | None, config: EvalConfig) -> tuple[dict, Meter]:
     meter = Meter()
     m = copy.deepcopy(model)
     meter.attach(m)  # forward hooks survive evaluate_model's fold_batchnorm copy
     kw = {} if pass_images is None else {"max_pass_images": pass_images}
     with meter:
-        result = evaluate_model(m, x_u8, y, config=EvalConfig(), name=card["name"], card=card, keys=keys, **kw)
+        result = evaluate_model(m, x_u8, y, config=config, name=card["name"], card=card, keys=keys, **kw)
     return result, meter
 
 
@@ -301,7 +302,7 @@ def main() -> int:
     C.print_header("evaluate cost by architecture", device)
     print(f"CPU kind: {cpu_kind()}")
     print(f"threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
-    cfg = EvalConfig()
+    cfg = EvalConfig() if args.batch_size is None else EvalConfig(batch_size=args.batch_size)
     print(f"settings: evaluate's defaults: eps {cfg.eps} at 224 px, {cfg.pgd_steps} steps, PGD starts {cfg.restarts}, "
           f"APGD runs {cfg.apgd_restarts}, attacks {'+'.join(cfg.attacks)}, suites {'+'.join(cfg.suites)}, "
           f"n_boot {cfg.n_boot}, batch {cfg.batch_size}, bf16 attack iterations where native")
@@ -321,7 +322,7 @@ def main() -> int:
                 print(f"images: a seed-{args.seed} random {n} of the {total_all} labelled images of {', '.join(data)}")
                 t0 = time.perf_counter()
                 result, meter = run_ours(model, card, part.images, part.labels, keys=[r.key for r in part.records],
-                                         pass_images=args.pass_images)
+                                         pass_images=args.pass_images, config=cfg)
                 wall = time.perf_counter() - t0
                 print(f"ours: clean accuracy {result['clean']['accuracy']:.3f}; worst case per eps "
                       f"{[round(r['accuracy'], 3) for r in result['rows'] if r['suite'] == 'attack']}; "

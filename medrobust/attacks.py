@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medrobust import settings
-from medrobust.choices import Norm as NormChoice, parse_choice
+from medrobust.choices import Norm as NormChoice, Schedule, parse_choice
 
 Norm = Literal["l2", "linf"]
 REFERENCE_SIDE = 224
@@ -184,12 +184,14 @@ def _pgd_run(
     use_autocast: bool,
     channels_last: bool,
     start: str,
+    screen: "_Screen | None" = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`pgd`, and with ``keep_first_success`` the fp32 logits of each returned example.
 
     Those logits are the verdict forwards the attack ran anyway: of the first fooling iterate, or of
     the last iterate (checked after the last step), so a caller needs no further forward pass to
     know how damaging each example is. ``None`` without ``keep_first_success`` or when no step ran.
+    ``screen`` carries the bf16-vs-fp32 gap measured by earlier runs on the same images (:class:`_Screen`).
     """
     _check_norm(norm)
     if start not in ("ball", "sphere"):
@@ -216,6 +218,7 @@ def _pgd_run(
     result_logits: torch.Tensor | None = None  # (N, K) fp32 logits of ``result``, allocated at the first check
     with autocast_for(x.device, use_autocast):
         mixed = torch.is_autocast_enabled(x.device.type)
+    screen = screen or _Screen()
     with eval_mode(model):
         active = torch.arange(x.shape[0], device=x.device)
         for step in range(steps + (1 if keep_first_success else 0)):
@@ -228,9 +231,9 @@ def _pgd_run(
                 with autocast_for(x.device, use_autocast):
                     logits = model(xa)
                 if keep_first_success:
-                    # Success is decided in fp32: under bf16 autocast, one extra fp32 forward (no graph) of the
-                    # iterates not yet broken, so bf16 rounding can neither stop an attack early nor miss a hit.
-                    check = _fp32_logits(model, xa.detach()) if mixed else logits.detach().float()
+                    # Success is decided in fp32: under bf16 autocast, an fp32 forward (no graph) of the iterates
+                    # the bf16 logits leave near the boundary (_Screen), so bf16 rounding cannot stop an attack early.
+                    check = screen.verdict(model, xa.detach(), logits, y[active])[0] if mixed else logits.detach().float()
             if keep_first_success:
                 if result_logits is None:
                     result_logits = torch.zeros((x.shape[0], check.shape[1]), device=x.device)
@@ -383,6 +386,48 @@ def _fp32_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x.float()).float()
 
 
+class _Screen:
+    """Which bf16 iterates need an fp32 verdict forward (bf16 autocast only).
+
+    Success is decided in fp32. Under bf16 autocast the iteration's own forward already gives each
+    iterate's logits, off from the fp32 ones by bf16 rounding, so an iterate whose bf16 margin
+    (true-class logit minus the best other) is comfortably positive cannot be misclassified in fp32:
+    it needs no fp32 forward. The first call of an attack run checks every iterate in fp32 and
+    measures the gap between the two margins; later calls send to fp32 only the iterates whose bf16
+    margin is at most ``factor`` times the largest gap seen so far (and at least ``floor`` times the
+    iterate's largest logit), and keep measuring the gap on those. A hit is therefore always an fp32
+    hit; a hit could go unseen at an intermediate step only if bf16 rounding moved a margin by more
+    than four times anything measured on that batch, and the attack goes on from such an iterate (its
+    last iterate is always judged in fp32). DenseNet-121 at 128 px, 2 cores: a third of the attack
+    stage was these fp32 forwards.
+    """
+
+    def __init__(self, *, factor: float = 4.0, floor: float = 0.02) -> None:
+        self.factor, self.floor = factor, floor
+        self.gap: float | None = None  # the largest |bf16 margin - fp32 margin| measured
+
+    def verdict(self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor,
+                y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, exact)``: fp32 logits where ``exact`` (N,), the bf16 ones (as float) elsewhere, where the
+        bf16 margin is too large for the image to be misclassified in fp32."""
+        logits = logits.detach().float()
+        margin = logit_margin(logits, y)
+        if self.gap is None:
+            need = torch.ones_like(margin, dtype=torch.bool)
+        else:
+            slack = torch.maximum(torch.full_like(margin, self.factor * self.gap),
+                                  self.floor * logits.abs().amax(1))
+            need = margin <= slack
+        if need.any():
+            idx = need.nonzero().squeeze(1)
+            exact = _fp32_logits(model, x[idx])
+            gap = float((logit_margin(exact, y[idx]) - margin[idx]).abs().max())
+            self.gap = gap if self.gap is None else max(self.gap, gap)
+            logits = logits.clone()
+            logits[idx] = exact
+        return logits, need
+
+
 def _apgd_checkpoints(steps: int) -> list[int]:
     """The step counts ``w_j`` after which APGD checks its step sizes: ``w_j = p_j * steps``.
 
@@ -413,13 +458,15 @@ def _apgd_run(
     use_autocast: bool,
     keep_first_success: bool,
     memory_format: torch.memory_format,
+    screen: "_Screen",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One APGD-CE run from a random start on the boundary of the ball; the model is in eval mode.
 
     Returns ``(x_max, loss_max, fooled, x_fooled, logits_max, logits_fooled)``: the point of highest
     loss and its loss, and (only tracked with ``keep_first_success``) whether an iterate fooled the
     model in an fp32 forward pass, the first such iterate, and the fp32 logits of ``x_max`` and
-    ``x_fooled`` (from the verdict forwards; ``None`` without ``keep_first_success``).
+    ``x_fooled`` (from the verdict forwards; ``None`` without ``keep_first_success``). Under bf16 autocast the
+    step-size rule reads fp32 losses near the boundary and bf16 ones elsewhere (:class:`_Screen`).
     """
     n = x0.shape[0]
     dev = x0.device
@@ -450,6 +497,7 @@ def _apgd_run(
     active = torch.arange(n, device=dev)
     # The fp32 logits of x_best and x_fooled (only with keep_first_success: the verdict forwards).
     tracked: dict[str, torch.Tensor] = {}
+    best_exact = torch.ones(n, dtype=torch.bool, device=dev)  # whether tracked["best"] holds fp32 logits
     with autocast_for(dev, use_autocast):
         mixed = torch.is_autocast_enabled(dev.type)
 
@@ -458,6 +506,7 @@ def _apgd_run(
         nonlocal active
         xa = x[active].contiguous(memory_format=memory_format)
         ya = y[active]
+        exact = torch.ones(xa.shape[0], dtype=torch.bool, device=dev)  # which logits are fp32 ones
         if keep_first_success and mixed and not need_grad:
             # Only the fp32 verdict (and its loss) is used: skip the bf16 forward.
             logits = _fp32_logits(model, xa)
@@ -474,10 +523,10 @@ def _apgd_run(
                     grad[active] = g.float()
             loss = loss.detach()
             if keep_first_success and mixed:
-                # Success is decided in fp32: under autocast, one extra fp32 forward of the iterates not
-                # yet broken (its loss, more accurate than the bf16 one, also drives the step size).
-                logits = _fp32_logits(model, xa)
-                loss = F.cross_entropy(logits, ya, reduction="none")
+                # Success is decided in fp32: under autocast, an fp32 forward of the iterates the bf16 logits
+                # leave near the boundary (_Screen); their fp32 loss also drives the step size.
+                logits, exact = screen.verdict(model, xa, logits, ya)
+                loss = torch.where(exact, F.cross_entropy(logits, ya, reduction="none"), loss)
         if keep_first_success:
             logits = logits.detach().float()
             hit = logits.argmax(1) != ya
@@ -494,6 +543,7 @@ def _apgd_run(
                 grad_best[idx] = grad[idx]
             if keep_first_success:
                 tracked["best"][idx] = logits[better]
+                best_exact[idx] = exact[better]
         if keep_first_success and hit.any():
             idx = active[hit]
             fooled[idx] = True
@@ -540,6 +590,11 @@ def _apgd_run(
                 x[idx] = x_best[idx]
                 x_prev[idx] = x_best[idx]
                 grad[idx] = grad_best[idx]
+    if tracked:
+        # x_best of a sample left standing may have been judged by its bf16 logits only: its fp32 ones.
+        redo = (~fooled & ~best_exact).nonzero().squeeze(1)
+        if redo.numel():
+            tracked["best"][redo] = _fp32_logits(model, x_best[redo])
     return x_best, loss_best, fooled, x_fooled, tracked.get("best"), tracked.get("fooled")
 
 
@@ -605,9 +660,10 @@ def apgd(
         For evaluation (default): a sample misclassified on the clean image, or by any iterate of any
         run, counts as broken at once; the first fooling example is kept and the sample is no longer
         attacked. Whether a point fools the model is always decided by an **fp32** forward pass:
-        when autocast is on, the iterates not yet broken get one extra fp32 forward per step (no
-        backward), so a bf16 rounding can neither count a sample as broken that is not, nor miss
-        one that is. Without autocast the attack's own forward pass is fp32 and is reused.
+        when autocast is on, the iterates not yet broken whose bf16 margin lies within a measured
+        slack of the boundary get one extra fp32 forward (no backward; :class:`_Screen`), so a bf16
+        rounding cannot count a sample as broken that is not, and the last iterate is always judged
+        in fp32. Without autocast the attack's own forward pass is fp32 and is reused.
         With ``False``, every sample runs all steps and the highest-loss point is returned
         (for CE on two classes that point fools the model if any iterate did; with more classes
         it need not).
@@ -668,13 +724,14 @@ def _apgd(
     keep_first_success: bool,
     need_success: bool = True,
     clean_logits: torch.Tensor | None = None,
+    screen: "_Screen | None" = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """:func:`apgd`: ``(x_adv, success, logits)``.
 
     ``logits`` are the fp32 logits of each returned example, taken from the verdict forwards the
     attack ran anyway (``None`` without ``keep_first_success``); ``clean_logits`` (N, K), the fp32
     logits of ``x`` when the caller has them, spare the clean forward pass. ``success`` is ``None``
-    when nothing was attacked and ``need_success`` is false.
+    when nothing was attacked and ``need_success`` is false. ``screen``: as for :func:`_pgd_run`.
     """
     _check_norm(norm)
     norm = "linf" if norm == "linf" else "l2"
@@ -706,7 +763,7 @@ def _apgd(
     result = x0.clone()
     best_loss = torch.full((n,), -float("inf"), device=x.device)
     run_kw = dict(steps=steps, norm=norm, rho=rho, generator=generator, use_autocast=use_autocast,
-                  keep_first_success=keep_first_success, memory_format=fmt)
+                  keep_first_success=keep_first_success, memory_format=fmt, screen=screen or _Screen())
     with eval_mode(model):
         # The clean image lies in the ball: misclassified there, the sample is broken as it is.
         clean = _fp32_logits(model, x0) if clean_logits is None else clean_logits.float()
@@ -788,16 +845,19 @@ class _Standing:
     margin: torch.Tensor
     logits: torch.Tensor
     fooled: dict[str, torch.Tensor]  # attack name ("pgd_first", "pgd", "apgd") -> fooled at a smaller radius
+    screen: _Screen = field(default_factory=_Screen)  # the bf16-vs-fp32 margin gap measured so far
 
 
 def _ensemble(model: nn.Module, x: torch.Tensor, y: torch.Tensor, e: torch.Tensor, *, steps: int, norm: Norm,
               pgd_restarts: int, apgd_restarts: int, attacks: Sequence[str], generator: torch.Generator | None,
-              use_autocast: bool, clean_logits: torch.Tensor, standing: _Standing) -> WorstCase:
+              use_autocast: bool, clean_logits: torch.Tensor, standing: _Standing, schedule: str) -> WorstCase:
     """Every member of the ensemble at per-image radius ``e`` (N,); the model is in eval mode.
 
     ``standing`` carries the smaller radii's findings (updated in place): the best example so far
     starts as this radius' candidate, and an attack skips the images it has already fooled at a
-    smaller radius (its fooling example lies in this ball too, so they stay fooled by it).
+    smaller radius (its fooling example lies in this ball too, so they stay fooled by it). With the
+    ``sequential`` schedule APGD also skips the images PGD has fooled, and ``ok_by_attack`` holds
+    ``"apgd_after_pgd"`` (what PGD then APGD leave, equal to ``ok``) instead of APGD's own ``"apgd"``.
     """
     best, best_margin, best_logits = standing.best, standing.margin, standing.logits
     ok_by: dict[str, torch.Tensor] = {}
@@ -826,7 +886,7 @@ def _ensemble(model: nn.Module, x: torch.Tensor, y: torch.Tensor, e: torch.Tenso
             adv, logits = _pgd_run(model, x[idx], y[idx], eps=e[idx], steps=steps, norm=norm, step_size=None,
                                    random_start=True, generator=generator, keep_first_success=True,
                                    use_autocast=use_autocast, channels_last=True,
-                                   start="sphere" if r % 2 == 1 else "ball")
+                                   start="sphere" if r % 2 == 1 else "ball", screen=standing.screen)
             stood = offer(adv, logits, idx)
             if r == 0:
                 ok_first = ok_first.clone()
@@ -835,18 +895,23 @@ def _ensemble(model: nn.Module, x: torch.Tensor, y: torch.Tensor, e: torch.Tenso
             else:
                 ok[idx] = stood
         ok_by["pgd_first"], ok_by["pgd"] = ok_first, ok
+    sequential = schedule == Schedule.SEQUENTIAL.value and "pgd" in ok_by
     if "apgd" in attacks:
-        ok = ~standing.fooled["apgd"]
+        # standing.fooled["apgd"]: fooled by APGD (independent), or by PGD or APGD (sequential).
+        ok = ~standing.fooled["apgd"] & (ok_by["pgd"] if sequential else True)
         idx = ok.nonzero().squeeze(1)
         if idx.numel():
             adv, _, logits = _apgd(model, x[idx], y[idx], eps=e[idx], steps=steps, norm=norm, restarts=apgd_restarts,
                                    rho=0.75, generator=generator, use_autocast=use_autocast, channels_last=True,
-                                   keep_first_success=True, need_success=False, clean_logits=clean_logits[idx])
+                                   keep_first_success=True, need_success=False, clean_logits=clean_logits[idx],
+                                   screen=standing.screen)
             ok[idx] = offer(adv, logits, idx)
         ok_by["apgd"] = ok
     for name, value in ok_by.items():
         standing.fooled[name] = ~value
     ok_all = torch.stack([v for k, v in ok_by.items() if k != "pgd_first"]).all(0)
+    if sequential and "apgd" in ok_by:
+        ok_by["apgd_after_pgd"] = ok_by.pop("apgd")  # APGD saw PGD's survivors only: not its own accuracy
     return WorstCase(x_adv=best.clone().to(x.dtype), ok=ok_all, ok_by_attack=ok_by, logits=best_logits.clone())
 
 
@@ -864,6 +929,7 @@ def worst_case(
     generator: torch.Generator | None = None,
     use_autocast: bool = True,
     clean_logits: torch.Tensor | None = None,
+    schedule: str | Schedule = Schedule.INDEPENDENT,
 ) -> WorstCase:
     """Attack every image with every member of the ensemble; an image is robust only if none fools it.
 
@@ -885,12 +951,17 @@ def worst_case(
         Steps of each PGD start and each APGD run.
     clean_logits
         The fp32 logits of ``x`` (N, K) when the caller has them (spares that forward pass).
+    schedule
+        ``"independent"`` (default): each attack attacks every image, and ``ok_by_attack`` holds each
+        attack's own verdict. ``"sequential"`` (AutoAttack's rule): APGD attacks only the images PGD
+        left standing; same worst-case rule, fewer passes; ``ok_by_attack`` holds ``"apgd_after_pgd"``
+        (what PGD then APGD leave) instead of ``"apgd"``.
 
     Returns
     -------
     WorstCase
         ``ok_by_attack`` has ``"pgd_first"`` (PGD's first start), ``"pgd"`` (all PGD starts) and
-        ``"apgd"`` for the attacks run.
+        ``"apgd"`` (``"apgd_after_pgd"`` with the sequential schedule) for the attacks run.
 
     Examples
     --------
@@ -900,6 +971,7 @@ def worst_case(
     >>> bool((wc.ok <= wc.ok_by_attack["pgd"]).all() and (wc.ok <= wc.ok_by_attack["apgd"]).all())
     True
     """
+    schedule = parse_choice(Schedule, schedule).value
     _check_ensemble(attacks, pgd_restarts, apgd_restarts)
     x = x.detach()
     e = _per_sample(eps, x).view(-1)  # (N,): pgd and apgd take one radius per image
@@ -908,7 +980,7 @@ def worst_case(
         standing = _fresh_standing(x, y, clean)
         return _ensemble(model, x, y, e, steps=steps, norm=norm, pgd_restarts=pgd_restarts,
                          apgd_restarts=apgd_restarts, attacks=attacks, generator=generator,
-                         use_autocast=use_autocast, clean_logits=clean, standing=standing)
+                         use_autocast=use_autocast, clean_logits=clean, standing=standing, schedule=schedule)
 
 
 def _fresh_standing(x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor) -> _Standing:
@@ -931,6 +1003,7 @@ def worst_case_radii(
     generator: torch.Generator | None = None,
     use_autocast: bool = True,
     clean_logits: torch.Tensor | None = None,
+    schedule: str | Schedule = Schedule.INDEPENDENT,
 ) -> list[WorstCase]:
     """:func:`worst_case` at several radii, using that the balls are nested.
 
@@ -948,6 +1021,9 @@ def worst_case_radii(
         Radii in pixel units (as :func:`scale_eps` gives them), in any order, each >= 0.
     clean_logits
         The fp32 logits of ``x`` (N, K) when the caller has them (spares that forward pass).
+    schedule
+        As for :func:`worst_case`; with ``"sequential"`` APGD also skips the images PGD fooled at a
+        smaller radius.
     (the rest)
         As for :func:`worst_case`.
 
@@ -964,6 +1040,7 @@ def worst_case_radii(
     >>> bool((large.ok <= small.ok).all())  # nested balls: robust at 2.0 only if robust at 0.2
     True
     """
+    schedule = parse_choice(Schedule, schedule).value
     _check_ensemble(attacks, pgd_restarts, apgd_restarts)
     if any(float(r) < 0 for r in radii):
         raise ValueError(f"radii must be >= 0, got {list(radii)}.")
@@ -976,5 +1053,5 @@ def worst_case_radii(
             e = torch.full((x.shape[0],), float(radii[i]), dtype=torch.float32, device=x.device)
             out[i] = _ensemble(model, x, y, e, steps=steps, norm=norm, pgd_restarts=pgd_restarts,
                                apgd_restarts=apgd_restarts, attacks=attacks, generator=generator,
-                               use_autocast=use_autocast, clean_logits=clean, standing=standing)
+                               use_autocast=use_autocast, clean_logits=clean, standing=standing, schedule=schedule)
     return [out[i] for i in range(len(radii))]

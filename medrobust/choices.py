@@ -34,6 +34,19 @@ class Norm(str, Enum):
     LINF = "linf"
 
 
+class Schedule(str, Enum):
+    """How the attacks of the worst-case ensemble share the images.
+
+    ``independent``: every attack attacks every image it has not fooled itself, so each attack's own
+    accuracy is known. ``sequential`` (AutoAttack's and RobustBench's rule): PGD attacks every image,
+    APGD-CE only the images PGD left standing; the worst case is the same rule ("robust only if no
+    attack fools it") at less cost, PGD's own accuracy stays known and APGD's is what it adds.
+    """
+
+    INDEPENDENT = "independent"
+    SEQUENTIAL = "sequential"
+
+
 class Noise(str, Enum):
     """The paper's three noises (``skimage.util.random_noise`` modes)."""
 
@@ -91,7 +104,7 @@ E = TypeVar("E", bound=Enum)
 
 _WHAT = {
     Method: "method", Norm: "norm", Noise: "noise", Arch: "architecture", Library: "model library",
-    ThresholdRule: "threshold rule", ConformalMethod: "conformal method",
+    ThresholdRule: "threshold rule", ConformalMethod: "conformal method", Schedule: "attack schedule",
 }
 
 

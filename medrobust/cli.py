@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from medrobust import settings
-from medrobust.choices import Arch, Library
+from medrobust.choices import Arch, Library, Schedule
 from medrobust.methods import METHODS
 
 EXIT_USAGE = 2
@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--attacks", default="pgd,apgd", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
                    help="the attack ensemble: an image is robust only if none of them fools it (default pgd,apgd)")
     e.add_argument("--apgd-restarts", type=_positive_int, default=1, help="APGD-CE restarts (default 1)")
+    e.add_argument("--attack-schedule", choices=[s.value for s in Schedule],
+                   help="sequential (the default; AutoAttack's rule): APGD-CE attacks only the images PGD left standing, "
+                        "same worst case, cheaper; independent: every attack attacks every image, so APGD's own "
+                        "accuracy is reported too")
     e.add_argument("--n-boot", type=_positive_int, default=1000, help="bootstrap resamples for 95 %% CIs")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--suites", default="paper,clinical", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
@@ -572,7 +576,8 @@ def evaluate_config(args):
     from medrobust.evaluation import EvalConfig
 
     return EvalConfig(eps=args.eps or EvalConfig.eps, norm=args.norm, pgd_steps=args.steps, restarts=args.restarts,
-                      attacks=args.attacks, apgd_restarts=args.apgd_restarts, n_boot=args.n_boot, seed=args.seed,
+                      attacks=args.attacks, apgd_restarts=args.apgd_restarts, schedule=args.attack_schedule or EvalConfig.schedule,
+                      n_boot=args.n_boot, seed=args.seed,
                       suites=tuple(args.suites)).validate()
 
 

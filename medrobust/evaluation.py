@@ -17,7 +17,10 @@ counts as robust only if no attack of the ensemble fools it (:func:`medrobust.at
 L2 PGD (step 2.5·eps/steps, ``steps=20``) with ``restarts`` random starts alternating inside the ball
 and on its surface, and APGD-CE (Croce & Hein 2020, same steps) with ``apgd_restarts``. A sample is
 broken as soon as any iterate fools the model; each attack row keeps the worst case (its logits are
-each image's most damaging example) and every attack's own accuracy beside it (``accuracy_by_attack``).
+each image's most damaging example) and the attacks' accuracies beside it (``accuracy_by_attack``). By
+default APGD attacks only the images PGD left standing (``schedule="sequential"``, AutoAttack's rule:
+the same worst case for 5-11 % fewer attack passes on a DenseNet-121), so the row has PGD's own accuracy and
+``apgd_after_pgd`` (the worst case); ``schedule="independent"`` measures APGD's own accuracy too.
 The radii run from the smallest up (:func:`medrobust.attacks.worst_case_radii`): the balls are nested,
 so an example found at a smaller radius is a candidate at every larger one, and an attack does not
 attack again, at a larger radius, an image it has already fooled (it stays fooled by that example).
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 
 from medrobust.attacks import ENSEMBLE, cpu_bf16_is_fast, ieee_fp32, scale_eps, worst_case, worst_case_radii
-from medrobust.choices import CLASS_NAMES, Norm, parse_choice
+from medrobust.choices import CLASS_NAMES, Norm, Schedule, parse_choice
 from medrobust.clinical import CLINICAL, LEVELS, clinical_corrupt
 from medrobust.corruptions import SEVERITIES, apply_corruption
 from medrobust.fileio import atomic_write_bytes, atomic_write_text
@@ -69,6 +72,7 @@ class EvalConfig:
     restarts: int = 1  # PGD random starts, alternating inside the ball and on its surface (5 shipped)
     attacks: tuple[str, ...] = ENSEMBLE  # the ensemble: an image is robust only if no member fools it
     apgd_restarts: int = 1
+    schedule: str = "sequential"  # APGD on PGD's survivors (AutoAttack's rule); "independent": every attack on every image
     noises: tuple[str, ...] = NOISES
     severities: tuple[float, ...] = tuple(SEVERITIES)
     suites: tuple[str, ...] = SUITES  # "paper": the paper's noises; "clinical": medrobust.clinical's ladders
@@ -85,6 +89,7 @@ class EvalConfig:
         parse_choice(Norm, self.norm)
         if self.restarts < 1 or self.apgd_restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {self.restarts} (PGD) and {self.apgd_restarts} (APGD).")
+        parse_choice(Schedule, self.schedule)
         unknown_attacks = [a for a in self.attacks if a not in ENSEMBLE]
         if unknown_attacks or not self.attacks:
             raise ValueError(f"attacks must be a non-empty subset of {', '.join(ENSEMBLE)}, got {list(self.attacks)}.")
@@ -255,9 +260,12 @@ def _perturbed(xb: torch.Tensor, cond: Condition, *, config: EvalConfig, stage: 
 
 
 def attack_names(config: EvalConfig) -> tuple[str, ...]:
-    """The per-attack verdicts a result keeps: PGD's first start, all PGD starts, APGD (those run)."""
-    names = (("pgd_first", "pgd") if "pgd" in config.attacks else ()) + (("apgd",) if "apgd" in config.attacks else ())
-    return names
+    """The per-attack verdicts a result keeps: PGD's first start, all PGD starts, APGD (those run); with the
+    sequential schedule APGD's is ``apgd_after_pgd`` (what PGD then APGD leave: the worst case)."""
+    pgd = "pgd" in config.attacks
+    after = pgd and config.schedule == Schedule.SEQUENTIAL.value
+    apgd = (("apgd_after_pgd" if after else "apgd",) if "apgd" in config.attacks else ())
+    return (("pgd_first", "pgd") if pgd else ()) + apgd
 
 
 def _evaluate_batch(model, xb: torch.Tensor, yb: torch.Tensor, *, config: EvalConfig, conditions: list[Condition],
@@ -276,7 +284,7 @@ def _evaluate_batch(model, xb: torch.Tensor, yb: torch.Tensor, *, config: EvalCo
         # (nested balls); every example comes with the fp32 logits of the verdict that judged it.
         cases = worst_case_radii(model, xb, yb, radii=eps_px, steps=config.pgd_steps, norm=config.norm,
                                  pgd_restarts=config.restarts, apgd_restarts=config.apgd_restarts,
-                                 attacks=config.attacks, use_autocast=use_ac, clean_logits=clean,
+                                 attacks=config.attacks, use_autocast=use_ac, clean_logits=clean, schedule=config.schedule,
                                  generator=_generator(device, seed=config.seed, stage=1, batch_index=batch_index))
         logits += [wc.logits.cpu().numpy() for wc in cases]
         for a, name in enumerate(names):
@@ -359,7 +367,10 @@ def evaluate_model(
     device = next(model.parameters()).device
     model.eval()
     if isinstance(model, XrayNet):
-        model = fold_batchnorm(model)  # same function, ~1.2x faster passes
+        # Same function on a copy: BatchNorms folded (~1.2x) and weights channels-last, the layout the inputs
+        # arrive in (DenseNet-121 at 128 px, 2 cores: fp32 forward 15.3 -> 11.1 ms per image, bf16 forward +
+        # backward 22.1 -> 14.2 ms).
+        model = fold_batchnorm(model).to(memory_format=torch.channels_last)
     x_all = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
     y_all = labels.long()
     n = x_all.shape[0]
@@ -472,7 +483,7 @@ def _condition_row(ps: PerSample, index: int, *, config: EvalConfig, eps_px: dic
     if cond.suite == "attack":
         e = list(eps_px).index(cond.severity)
         row.update({"eps_pixels": eps_px[cond.severity], "norm": config.norm, "steps": config.pgd_steps,
-                    "restarts": config.restarts, "ensemble": list(config.attacks),
+                    "restarts": config.restarts, "ensemble": list(config.attacks), "schedule": config.schedule,
                     "accuracy_by_attack": {a: float(ps.attack_ok[i, e].mean()) for i, a in enumerate(ps.attack_names)}})
     folds = sorted(set(ps.folds.tolist()) - {-1})
     if len(folds) > 1:
@@ -560,6 +571,7 @@ def attack_sanity(rows: list[dict[str, Any]], *, clean_accuracy: float, config: 
         "monotone_in_eps": bool(all(b <= a + 1e-12 for a, b in zip(accs, accs[1:]))),
         "restart_gap": restart_gap,
         "ensemble": list(config.attacks),
+        "schedule": config.schedule,
         "worst_case_gain": {f"{e:g}": {a: float(b[a] - r["accuracy"]) for a in b if a != "pgd_first"}
                             for e, b, r in zip(config.eps, by, attack_rows)},
     }

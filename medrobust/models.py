@@ -323,14 +323,16 @@ def cam_layers(model: XrayNet | str | Arch) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- BatchNorm folding
 
 def fold_batchnorm(model: XrayNet) -> XrayNet:
-    """An inference-only copy of ``model`` with every BatchNorm folded into the conv before it (ResNets only).
+    """An inference-only copy of ``model`` with every BatchNorm that follows a conv folded into it.
 
     In eval mode a BatchNorm is a fixed affine map, so the copy computes the same function (to
     float rounding, ~1e-6) and the same input gradients, which is all attacks need. Measured here
     (ResNet-18, 128 px, one thread, forward + input backward): 1.20x faster for a batch of 32,
-    1.28x for one image. Folding is implemented for the ResNet family (resnet18/34/50, basic and
-    bottleneck blocks); for any other architecture the result is an unchanged eval-mode copy. The
-    copy is in eval mode and must not be trained; ``model`` is left untouched.
+    1.28x for one image. Folding is implemented for torchvision's ResNet family (resnet18/34/50,
+    basic and bottleneck blocks: every BatchNorm) and DenseNet-121 (the stem's and each dense
+    layer's second BatchNorm; the others come after a concatenation, before a ReLU, and stay);
+    for any other network the result is an unchanged eval-mode copy. The copy is in eval mode and
+    must not be trained; ``model`` is left untouched.
 
     Raises
     ------
@@ -340,7 +342,9 @@ def fold_batchnorm(model: XrayNet) -> XrayNet:
     if not isinstance(model, XrayNet):
         raise TypeError(f"fold_batchnorm expects an XrayNet (XrayResNet), got {type(model).__name__}.")
     folded = copy.deepcopy(model).eval()
-    if folded.arch not in _RESNETS:
+    if folded.library == "torchvision" and folded.arch == "densenet121":
+        return _fold_densenet(folded)
+    if folded.library != "torchvision" or folded.arch not in _RESNETS:
         return folded
     net = folded.net
     if isinstance(net.bn1, nn.Identity):
@@ -355,6 +359,18 @@ def fold_batchnorm(model: XrayNet) -> XrayNet:
                     setattr(block, f"bn{i}", nn.Identity())
             if block.downsample is not None:
                 block.downsample = nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
+    return folded
+
+
+def _fold_densenet(folded: XrayNet) -> XrayNet:
+    """:func:`fold_batchnorm` for torchvision's DenseNet: ``conv0 -> norm0`` and each layer's ``conv1 -> norm2``."""
+    features = folded.net.features
+    if isinstance(features.norm0, nn.Identity):
+        return folded  # folded already
+    features.conv0, features.norm0 = fuse_conv_bn_eval(features.conv0, features.norm0), nn.Identity()
+    for module in features.modules():
+        if isinstance(getattr(module, "norm2", None), nn.BatchNorm2d) and isinstance(getattr(module, "conv1", None), nn.Conv2d):
+            module.conv1, module.norm2 = fuse_conv_bn_eval(module.conv1, module.norm2), nn.Identity()
     return folded
 
 

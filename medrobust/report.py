@@ -133,7 +133,7 @@ def table_one(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-ATTACK_LABELS = {"pgd_first": "PGD 1 start", "pgd": "PGD", "apgd": "APGD-CE"}
+ATTACK_LABELS = {"pgd_first": "PGD 1 start", "pgd": "PGD", "apgd": "APGD-CE", "apgd_after_pgd": "PGD then APGD-CE"}
 
 
 def _attack_cell(row: dict[str, Any]) -> str:

@@ -16,6 +16,8 @@
 * ``MEDROBUST_BATCHING``: ``0`` turns off the dashboard's cross-session batching of model forwards (default on)
 * ``MEDROBUST_BATCH_WAIT_MS``: how long a queued forward waits for others to batch with (milliseconds) (default ``2``)
 * ``MEDROBUST_BATCH_MAX``: the most images one batched forward takes (default ``16``)
+* ``MEDROBUST_CAM_SLOTS``: how many Grad-CAM computations (backward passes) the dashboard runs at once, across all
+  sessions (default: the number of CPUs)
 * ``MEDROBUST_GC_FREEZE``: ``0`` keeps the dashboard from moving the objects alive once its models are loaded out of
   the garbage collector's sight (``gc.freeze``) (default on)
 
@@ -43,6 +45,7 @@ ENV_BATCHING = "MEDROBUST_BATCHING"
 ENV_BATCH_WAIT_MS = "MEDROBUST_BATCH_WAIT_MS"
 ENV_BATCH_MAX = "MEDROBUST_BATCH_MAX"
 ENV_GC_FREEZE = "MEDROBUST_GC_FREEZE"
+ENV_CAM_SLOTS = "MEDROBUST_CAM_SLOTS"
 
 
 def _path(var: str, default: str | Path) -> Path:
@@ -157,6 +160,11 @@ def batch_wait_ms(default: float = 2.0) -> float:
 def batch_max_size(default: int = 16) -> int:
     """``MEDROBUST_BATCH_MAX``: the most images in one batched forward (a bad value means the default)."""
     return _number(ENV_BATCH_MAX, default, int, ok=lambda v: v >= 1)
+
+
+def cam_slots() -> int:
+    """``MEDROBUST_CAM_SLOTS``: concurrent Grad-CAM computations in the dashboard (default: the CPU count)."""
+    return _number(ENV_CAM_SLOTS, os.cpu_count() or 1, int, ok=lambda v: v >= 1)
 
 
 #: The fitted input check beside the shipped models (``<checkpoints>/input_check.safetensors`` + ``.json``): not a model.

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from medrobust import settings
 from medrobust.gradcam import gradcam
 from medrobust.imaging import to_square
 from medrobust.models import XrayNet
@@ -63,6 +65,26 @@ class CleanState:
     cam_layer: str
 
 
+_GATE: tuple[int, threading.BoundedSemaphore] | None = None
+_GATE_LOCK = threading.Lock()
+
+
+def cam_gate() -> threading.BoundedSemaphore:
+    """The process-wide limit on concurrent Grad-CAMs (:func:`medrobust.settings.cam_slots`).
+
+    Every visitor's first look at an image runs four Grad-CAMs (a forward and a backward pass each). A hundred
+    visitors arriving together would otherwise hold a hundred sets of activations and gradients at once, on a
+    machine with two cores that can only compute two: the peak memory of ``benchmarks/load_test.py`` (100 x 3)
+    came from there. Waiting for a slot costs no throughput while the slots match the cores.
+    """
+    global _GATE
+    slots = settings.cam_slots()
+    with _GATE_LOCK:
+        if _GATE is None or _GATE[0] != slots:
+            _GATE = (slots, threading.BoundedSemaphore(slots))
+        return _GATE[1]
+
+
 def analyse_clean(model_set: ModelSet, pixels: np.ndarray, *, cam_layer: str = "layer4",
                   with_cam: bool = True) -> CleanState:
     """Clean prediction and Grad-CAM of one decoded image for every loadable model.
@@ -81,7 +103,8 @@ def analyse_clean(model_set: ModelSet, pixels: np.ndarray, *, cam_layer: str = "
         own, grid = (), ()
         if with_cam:
             own = cam_layer_for(m.model, cam_layer)
-            cam, logits = gradcam(m.model, x, layer=own)
+            with cam_gate():
+                cam, logits = gradcam(m.model, x, layer=own)
             p = torch.softmax(logits.float(), 1)[0]
             own, grid = ((own,) if isinstance(own, str) else own), cam_grid_of(m.model, cam_layer, m.image_size)
         else:

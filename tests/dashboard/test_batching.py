@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,3 +147,32 @@ def test_the_stress_test_gives_the_same_answers_with_batching_on_and_off(dashboa
     assert [a[0] for a in answers["0"]] == [a[0] for a in answers["1"]]
     for (_, p0, c0), (_, p1, c1) in zip(answers["0"], answers["1"]):
         torch.testing.assert_close(torch.tensor(p0 + c0), torch.tensor(p1 + c1), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_concurrent_sessions_run_at_most_the_allowed_grad_cams_at_once(dashboard_env, monkeypatch, slots):
+    """Many sessions analysing their images together hold at most MEDROBUST_CAM_SLOTS Grad-CAMs at a time (each
+    one's activations and gradients), and every session still gets its own, correct maps."""
+    monkeypatch.setenv("MEDROBUST_CAM_SLOTS", str(slots))
+    ms = modelset.load_model_set()
+    images = [xray_like(80 + 4 * i) for i in range(6)]
+    alone = [clean_analysis.analyse_clean(ms, im) for im in images]
+    real, lock, state = clean_analysis.gradcam, threading.Lock(), {"now": 0, "most": 0}
+
+    def watched(*args, **kw):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            time.sleep(0.01)  # hold the slot long enough for the others to pile up
+            return real(*args, **kw)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(clean_analysis, "gradcam", watched)
+    got = _at_once(len(images), lambda i: clean_analysis.analyse_clean(ms, images[i]))
+    assert state["most"] == slots  # the limit held, and was reached
+    for a, b in zip(got, alone):
+        for name in a.views:
+            np.testing.assert_allclose(a.views[name].cam, b.views[name].cam, atol=1e-5)

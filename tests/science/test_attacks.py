@@ -283,3 +283,54 @@ def test_the_cpu_bf16_setting_is_read_where_it_is_decided(monkeypatch):
     assert not isinstance(autocast_for("cpu"), torch.autocast)
     monkeypatch.setenv("MEDROBUST_CPU_BF16", "1")
     assert cpu_bf16_is_fast() is True
+
+
+class PassCounter(nn.Module):
+    """A small conv net that counts the images of its fp32 and of its bf16 (autocast) forward passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * SIDE * SIDE, 2))
+        self.images = {"fp32": 0, "bf16": 0}
+
+    def forward(self, x):
+        self.images["bf16" if torch.is_autocast_enabled("cpu") else "fp32"] += x.shape[0]
+        return self.net(x)
+
+
+@pytest.mark.parametrize("attack", ["pgd", "apgd"])
+def test_bf16_screen_spares_fp32_verdicts_and_misses_no_hit(attack, monkeypatch):
+    """Under bf16 iterations, only iterates near the boundary get an fp32 verdict forward: far fewer fp32
+    passes than checking every iterate, and (for PGD, whose path does not depend on the verdicts) exactly
+    the same examples, so no hit was missed; every reported hit is an fp32 hit."""
+    from medrobust import attacks
+
+    monkeypatch.setenv("MEDROBUST_CPU_BF16", "1")
+    x, _ = batch(3, 128)
+    model = PassCounter()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+
+    def attack_once():
+        model.images.update(fp32=0, bf16=0)
+        fn = attacks.pgd if attack == "pgd" else attacks.apgd
+        kw = dict(keep_first_success=True) if attack == "pgd" else {}
+        adv = fn(model, x, y, eps=0.6, steps=15, norm="l2", generator=torch.Generator().manual_seed(0),
+                 use_autocast=True, **kw)
+        return adv, dict(model.images)
+
+    screened, counts = attack_once()
+    # An infinite slack sends every iterate to fp32: the unscreened attack.
+    monkeypatch.setattr(attacks._Screen.__init__, "__kwdefaults__", {"factor": float("inf"), "floor": 0.02})
+    checked, counts_all = attack_once()
+    assert counts["bf16"] > 0 and counts_all["fp32"] >= counts_all["bf16"] - x.shape[0]
+    assert counts["fp32"] < 0.5 * counts_all["fp32"], (counts, counts_all)
+    with torch.no_grad():
+        fooled = model(screened).argmax(1) != y
+        fooled_all = model(checked).argmax(1) != y
+    assert 0 < int(fooled.sum()) < x.shape[0]
+    if attack == "pgd":
+        assert torch.equal(screened, checked)
+    else:  # APGD's step size reads bf16 losses far from the boundary: other paths, about as many hits
+        assert abs(int(fooled.sum()) - int(fooled_all.sum())) <= 6

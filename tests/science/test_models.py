@@ -196,6 +196,27 @@ def test_fold_batchnorm_of_deeper_resnets(arch):
         torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
 
 
+def test_fold_batchnorm_of_densenet121_folds_what_follows_a_conv():
+    torch.manual_seed(0)
+    model = _busy_batchnorm(build_model(arch="densenet121", num_classes=2)).eval()
+    folded = fold_batchnorm(model)
+    layers = [m for m in folded.modules() if hasattr(m, "norm2")]
+    assert len(layers) == 58  # 6 + 12 + 24 + 16 dense layers
+    assert all(isinstance(m.norm2, nn.Identity) and m.conv1.bias is not None for m in layers)
+    assert isinstance(folded.net.features.norm0, nn.Identity)
+    # The pre-activation BatchNorms (after a concatenation, before a ReLU) stay.
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 58 + 3 + 1  # norm1s, transitions, norm5
+    x = torch.rand(2, 1, 64, 64, requires_grad=True)
+    xf = x.detach().clone().requires_grad_(True)
+    out, out_f = model(x), folded(xf)
+    torch.testing.assert_close(out_f, out, atol=1e-4, rtol=1e-4)
+    out[:, 1].sum().backward()
+    out_f[:, 1].sum().backward()
+    torch.testing.assert_close(xf.grad, x.grad, atol=1e-4, rtol=1e-3)
+    refolded = fold_batchnorm(folded)
+    torch.testing.assert_close(refolded(xf.detach()), out_f.detach())
+
+
 def test_fold_batchnorm_leaves_other_architectures_unchanged():
     model = build_model(arch="efficientnet_b0", num_classes=3).train()
     folded = fold_batchnorm(model)

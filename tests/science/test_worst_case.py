@@ -129,3 +129,68 @@ def test_the_kept_logits_spare_no_verdict():
     # fp32 here, so the attack's own forward passes decide; without a graph only the clean forward
     # (one per image) and APGD's last iterate (no gradient needed) remain.
     assert no_graph <= 2 * x.shape[0], calls
+
+
+# ---- the sequential schedule (AutoAttack's rule) ---------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), norm=st.sampled_from(["l2", "linf"]), classes=st.integers(2, 4))
+def test_sequential_schedule_attacks_only_pgds_survivors_and_keeps_the_rule(seed, norm, classes):
+    net = _net(seed, classes=classes)
+    x = torch.rand(12, 1, 6, 6, generator=torch.Generator().manual_seed(seed))
+    y = torch.randint(0, classes, (12,), generator=torch.Generator().manual_seed(seed + 1))
+    radii = [0.1, 0.6, 1.5] if norm == "l2" else [0.005, 0.03, 0.08]
+    seen: list[tuple[float, torch.Tensor]] = []  # (radius, images) of each APGD run
+    import medrobust.attacks as A
+
+    real = A._apgd
+
+    def spy(model, xs, ys, **kw):
+        seen.append((float(kw["eps"][0]), xs.clone()))
+        return real(model, xs, ys, **kw)
+
+    A._apgd = spy
+    try:
+        cases = worst_case_radii(net, x, y, radii=radii, steps=4, norm=norm, schedule="sequential",
+                                 generator=torch.Generator().manual_seed(seed))
+    finally:
+        A._apgd = real
+    for wc in cases:
+        assert set(wc.ok_by_attack) == {"pgd_first", "pgd", "apgd_after_pgd"}
+        assert torch.equal(wc.ok_by_attack["apgd_after_pgd"], wc.ok)
+        assert bool((wc.ok <= wc.ok_by_attack["pgd"]).all())
+        with torch.no_grad():
+            assert torch.equal(net(wc.x_adv).argmax(1) == y, wc.ok)
+    # APGD, at each radius, saw only images PGD left standing (at that radius and every smaller one).
+    assert seen
+    for radius, xs in seen:
+        r = min(range(len(radii)), key=lambda j: abs(radii[j] - radius))
+        fooled = (~cases[r].ok_by_attack["pgd"]).nonzero().squeeze(1).tolist()
+        assert not any(torch.equal(x[i], row) for i in fooled for row in xs)
+        assert xs.shape[0] == int((cases[r].ok_by_attack["pgd"] & (cases[r - 1].ok if r else True)).sum())
+    with pytest.raises(ValueError, match="attack schedule"):
+        worst_case(net, x, y, eps=0.5, steps=2, schedule="parallel")
+
+
+def test_both_schedules_find_the_exact_worst_case_of_a_linear_model():
+    """Two classes, a linear model, images well inside [0, 1]: an image can be fooled within the L2 ball of
+    radius eps exactly when its margin is below eps * ||w1 - w0||; both schedules find exactly those."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 2)).eval()
+    g = torch.Generator().manual_seed(0)
+    x = 0.4 + 0.2 * torch.rand(200, 1, 6, 6, generator=g)
+    with torch.no_grad():
+        z = net(x)
+    y = z.argmax(1)
+    w = net[1].weight
+    scale = (w[1] - w[0]).norm().detach()
+    margin = (z.max(1).values - z.min(1).values).detach()
+    radii = [float(q) for q in torch.quantile(margin / scale, torch.tensor([0.3, 0.6]))]
+    for schedule in ("sequential", "independent"):
+        cases = worst_case_radii(net, x, y, radii=radii, steps=20, schedule=schedule,
+                                 generator=torch.Generator().manual_seed(0), use_autocast=False)
+        for r, wc in zip(radii, cases):
+            exact = margin / scale > r
+            near = (margin / scale - r).abs() < 1e-3  # float ties at the boundary
+            assert torch.equal(wc.ok[~near], exact[~near]), schedule

@@ -170,23 +170,28 @@ def _tiny_model():
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 2)).eval()
 
 
-def test_attack_rows_are_the_worst_case_with_each_attack_beside_it(tmp_path):
+@pytest.mark.parametrize("schedule", ["independent", "sequential"])
+def test_attack_rows_are_the_worst_case_with_each_attack_beside_it(tmp_path, schedule):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(24, 1, 16, 16, generator=g)
     model = _tiny_model()
     y = model(x).argmax(1).detach()  # every image correct before the attack
-    cfg = EvalConfig(eps=(0.5, 2.0), pgd_steps=3, restarts=2, n_boot=20, suites=())
+    cfg = EvalConfig(eps=(0.5, 2.0), pgd_steps=3, restarts=2, n_boot=20, suites=(), schedule=schedule)
     r = evaluate_model(model, x, y, config=cfg, name="tiny")
     ps = r["_per_sample"]
-    assert ps.attack_names == ("pgd_first", "pgd", "apgd") and ps.attack_ok.shape == (3, 2, 24)
+    apgd = "apgd" if schedule == "independent" else "apgd_after_pgd"
+    assert ps.attack_names == ("pgd_first", "pgd", apgd) and ps.attack_ok.shape == (3, 2, 24)
     for e, row in enumerate(x for x in r["rows"] if x["suite"] == "attack"):
         by = row["accuracy_by_attack"]
-        assert set(by) == {"pgd_first", "pgd", "apgd"} and row["ensemble"] == ["pgd", "apgd"]
+        assert set(by) == {"pgd_first", "pgd", apgd} and row["ensemble"] == ["pgd", "apgd"]
+        assert row["schedule"] == schedule
         assert row["accuracy"] <= min(by.values()) + 1e-12  # the worst case is never above any member
         worst = ps.attack_ok[1, e] & ps.attack_ok[2, e]
         assert row["accuracy"] == pytest.approx(worst.mean())  # ... and is exactly their conjunction
+        if schedule == "sequential":  # APGD saw PGD's survivors only: its verdict is the worst case itself
+            assert row["accuracy"] == pytest.approx(by[apgd])
         assert by["pgd"] <= by["pgd_first"]
-    assert set(r["sanity"]["worst_case_gain"]) == {"0.5", "2"}
+    assert set(r["sanity"]["worst_case_gain"]) == {"0.5", "2"} and r["sanity"]["schedule"] == schedule
     # Saved and loaded with the attack verdicts; the long CSV lists every attack's accuracy.
     from medrobust.evaluation import write_results
 
@@ -194,7 +199,12 @@ def test_attack_rows_are_the_worst_case_with_each_attack_beside_it(tmp_path):
     back = PerSample.load(paths[-1])
     assert back.attack_names == ps.attack_names and np.array_equal(back.attack_ok, ps.attack_ok)
     metrics = {row["metric"] for row in csv.DictReader(open(paths[1]))}
-    assert {"accuracy_pgd", "accuracy_apgd", "accuracy_pgd_first"} <= metrics
+    assert {"accuracy_pgd", f"accuracy_{apgd}", "accuracy_pgd_first"} <= metrics
+
+
+def test_the_attack_schedule_is_checked_at_the_boundary():
+    with pytest.raises(ValueError, match="attack schedule 'both'"):
+        EvalConfig(schedule="both").validate()
 
 
 def test_per_sample_files_written_before_the_ensemble_still_load(tmp_path):
@@ -308,3 +318,13 @@ def test_model_passes_are_cut_to_cache_sized_chunks_without_changing_the_functio
     assert torch.allclose(g, g_ref, atol=1e-6)  # every image gets its own gradient through the chunks
     with pytest.raises(ValueError, match="size"):
         Chunked(net, size=0)
+
+
+def test_the_cli_passes_the_attack_schedule_and_defaults_to_evalconfigs():
+    from medrobust.cli import build_parser, evaluate_config
+
+    parse = build_parser().parse_args
+    assert evaluate_config(parse(["evaluate"])).schedule == EvalConfig.schedule == "sequential"
+    assert evaluate_config(parse(["evaluate", "--attack-schedule", "independent"])).schedule == "independent"
+    with pytest.raises(SystemExit):
+        parse(["evaluate", "--attack-schedule", "parallel"])
