@@ -362,6 +362,17 @@ def fold_batchnorm(model: XrayNet) -> XrayNet:
     return folded
 
 
+def inference_copy(model: XrayNet) -> XrayNet:
+    """The copy every inference path runs: :func:`fold_batchnorm` with channels-last weights.
+
+    Inputs are passed channels-last; weights left NCHW lose most of oneDNN's gain (DenseNet-121 at 128
+    px, 2 cores: fp32 forward 15.3 -> 11.1 ms per image, bf16 forward + input gradient 22.1 -> 14.2 ms;
+    ResNet-18 fp32 6.4 -> 4.6 ms; a single 64 px image on one thread: forward 11 vs 20 ms).
+    Same function as ``model``, which is left untouched; eval mode, not for training.
+    """
+    return fold_batchnorm(model).to(memory_format=torch.channels_last)
+
+
 def _fold_densenet(folded: XrayNet) -> XrayNet:
     """:func:`fold_batchnorm` for torchvision's DenseNet: ``conv0 -> norm0`` and each layer's ``conv1 -> norm2``."""
     features = folded.net.features

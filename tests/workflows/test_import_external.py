@@ -24,7 +24,7 @@ from torch import nn
 
 from medrobust.checkpoints import CheckpointError, import_model, load_checkpoint, sha256_file
 from medrobust.gradcam import cam_grid, gradcam
-from medrobust.models import cam_layers, fold_batchnorm, head, stages
+from medrobust.models import cam_layers, head, inference_copy, stages
 
 from synthetic_data import write_manifest
 from test_cli import assert_one_line_error, assert_usage_error, run_main
@@ -206,7 +206,7 @@ def test_stages_replay_the_network_and_gradcam_explains_every_stage_without_chan
         cam, logits = gradcam(model, x, class_index=c, layer=route.stages[-2:])
         assert cam.shape == (SIZE, SIZE) and 0 <= cam.min() and cam.max() == pytest.approx(1.0)
         assert torch.allclose(logits, model(x).detach(), atol=1e-5)
-    frozen = fold_batchnorm(model).requires_grad_(False).to(memory_format=torch.channels_last)  # the Stress test's
+    frozen = inference_copy(model).requires_grad_(False)  # what the Stress test shares
     assert gradcam(frozen, x, layer=route.stages[-1])[0].shape == (SIZE, SIZE)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
