@@ -59,7 +59,7 @@ def _stats(xs: list[float]) -> str:
 def measure(url: str, *, repeats: int, pgd_repeats: int) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
-    out: dict[str, list[float]] = {"noise": [], "pgd": []}
+    out: dict[str, list] = {"noise": [], "pgd": [], "steps": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         try:
@@ -99,6 +99,9 @@ def measure(url: str, *, repeats: int, pgd_repeats: int) -> dict[str, list[float
                 thumb.press(key)
                 _settled(page, f"L2 PGD, eps {eps:g} (at 224 px)")
                 out["pgd"].append(time.perf_counter() - t0)
+            if pgd_repeats:  # how the server's attacks took their steps (bf16 twins or fp32: decided at its start)
+                steps = page.get_by_text("gradient steps ran", exact=False).first.inner_text()
+                out["steps"] = [steps[steps.find("The attack's"):].split(".")[0]]
         finally:
             browser.close()
     return out
@@ -129,7 +132,8 @@ def main(argv=None) -> int:
                 stop_server(server)
     print(f"noise change -> four cards painted: {_stats(fig['noise'])}  (target 500 ms)")
     if fig["pgd"]:
-        print(f"PGD-20 on four models -> four cards painted: {_stats(fig['pgd'])}  (target 1500 ms)")
+        print(f"PGD-20 on four models -> four cards painted: {_stats(fig['pgd'])}  (target 1500 ms); "
+              f"{fig['steps'][0]}")
     return 0
 
 

@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         args.pgd_repeats))
     v = clean.views[ok[0].name]
     _report("smallest flipping eps, one model (bisection)", _timeit(
-        lambda: flip_search.smallest_flip_eps(ok[0].model, v.x, label=v.pred, steps=20, seed=next(seeds)), 2))
+        lambda: flip_search.smallest_flip_eps(ok[0].attack_net, v.x, label=v.pred, steps=20, seed=next(seeds)), 2))
     if args.sessions > 0:
         _concurrent(ms, px, sessions=args.sessions, rounds=args.rounds)
     if tmp is not None:

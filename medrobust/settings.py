@@ -7,7 +7,8 @@
 * ``MEDROBUST_RUNS``: training runs (default ``runs``)
 * ``MEDROBUST_JOBS``: the dashboard's job records (default ``<runs>/.jobs``)
 * ``MEDROBUST_ADMIN_TOKEN``: required to launch or cancel dashboard jobs when set (default unset (open))
-* ``MEDROBUST_CPU_BF16``: ``1``/``0`` forces bf16 autocast on the CPU on/off (default hardware detection)
+* ``MEDROBUST_CPU_BF16``: ``1``/``0`` forces bf16 autocast on the CPU on/off (default hardware detection); in the
+  dashboard it also pins whether single-image attacks step on a bf16 copy of each model (default: where measured faster)
 * ``MEDROBUST_TORCH_THREADS``: intra-op threads of the dashboard process (default ``1``)
 * ``MEDROBUST_DICOM_TIMEOUT_S``: wall-clock limit for decoding one DICOM file (seconds) (default ``15``)
 * ``MEDROBUST_DEMO``: ``1`` runs the dashboard as a public demo: training hidden unless an admin token is set,

@@ -122,14 +122,13 @@ if source == "Upload an X-ray":
         image, image_info, source_id = _uploaded_input(up)
 else:
     image, image_info, true_label, source_id = _sample_input(roots)
-decoded = image.decoded
+decoded = image.stored  # format, bit depth, size, note (its pixels may be held as integers: the caches expand them)
 image_info.update({"format": decoded.format, "bit_depth": decoded.bit_depth,
                    "height": int(decoded.pixels.shape[0]), "width": int(decoded.pixels.shape[1])})
 
 # ----------------------------------------------------------------------------- input check (before any verdict)
 checker = ui.input_checker()
-scope = held.input_verdict(source_id=source_id, checker_id=str(id(checker)), _decoded=decoded,
-                           _checker=checker)
+scope = held.input_verdict(source_id=source_id, checker_id=str(id(checker)), _image=image, _checker=checker)
 outside = not scope.ok
 if outside:
     st.error("**Outside what these models were trained on.** " + " ".join(scope.reasons) +
@@ -148,7 +147,7 @@ image_info["model_sizes"] = sizes
 
 
 # ----------------------------------------------------------------------------- controls
-def _controls(*, ok_models, sizes, image_info, source_id, pixels, note):
+def _controls(*, ok_models, sizes, image_info, source_id, image, note):
     """The perturbation, Grad-CAM and flip-search controls; returns (perturbation, cam layer, perturbed Grad-CAM or not,
     flip steps, clicked)."""
     lim = perturbation.limits()
@@ -206,7 +205,7 @@ def _controls(*, ok_models, sizes, image_info, source_id, pixels, note):
                                help="More steps find smaller flipping radii but take longer (about 7 attacks per model).")
         find_flip = st.button("Smallest eps that flips each prediction", key="find_flip",
                               help="Bisection over the L2 PGD radius (0–5 at 224 px), per model.")
-        st.image(held.preview_tile(source_id=source_id, size=sizes[0], _pixels=pixels))
+        st.image(held.preview_tile(source_id=source_id, size=sizes[0], _image=image))
         st.caption(f"{image_info['format']}, {image_info['bit_depth']}-bit, {image_info['width']}×{image_info['height']} "
                    f"px → {', '.join(map(str, sizes))} px model input" + (f". {note}" if note else ""))
     pert = perturbation.Perturbation(kind=kind, severity=float(severity), eps=float(eps), steps=int(steps), mode=mode,
@@ -318,13 +317,12 @@ def stress_panel(*, model_set, image, image_info, source_id, true_label, outside
     ok_models = model_set.ok_models
     sizes = image_info["model_sizes"]
     pert, cam_layer, with_cam, flip_steps, find_flip = _controls(ok_models=ok_models, sizes=sizes, image_info=image_info,
-                                                       source_id=source_id, pixels=image.decoded.pixels,
-                                                       note=image.decoded.note)
+                                                       source_id=source_id, image=image, note=image.stored.note)
     set_key = modelset.model_set_key(model_set)
     clean_key = (source_id, set_key, cam_layer)
     with st.spinner("Analysing the image…"):
         clean = held.clean_analysis(source_id=source_id, set_key=set_key, cam_layer=cam_layer,
-                                    _model_set=model_set, _pixels=image.decoded.pixels)
+                                    _model_set=model_set, _image=image)
     out_key = (clean_key, pert, true_label, with_cam)
     with st.spinner("Attacking…" if pert.kind == "pgd" else "Predicting…"):
         outcomes = held.outcomes(clean_key=clean_key, pert=pert, true_label=true_label, with_cam=with_cam,
@@ -339,7 +337,8 @@ def stress_panel(*, model_set, image, image_info, source_id, true_label, outside
     st.caption("P(class) is the model's probability that the image shows that class (calibrated: after the temperature "
                "fitted on validation patients). The mark under each verdict says what the perturbation did to it"
                + (": right → wrong (red), wrong → right (green), or unchanged." if true_label is not None else
-                  " (the true class is unknown, so only whether it changed)."))
+                  " (the true class is unknown, so only whether it changed).")
+               + captions.attack_steps({o.attack_steps for o in outcomes if o.attack_steps}))
     vmax = tiles.shared_delta_scale(outcomes)
     pictures = held.card_tiles(clean_key=clean_key, outcome_key=out_key, _outcomes=outcomes)
     cols = st.columns(len(outcomes))

@@ -79,3 +79,15 @@ def delta_meaning(l2: float, linf: float, size: int) -> str:
     """The size of the change the model saw, with units."""
     return (f"Change: ‖δ‖₂ = {l2:.2f} (L2 length, pixels on a 0–1 scale, at {size} px); largest single-pixel change "
             f"{linf:.3f} = {grey_levels(linf)}.")
+
+
+def attack_steps(kinds: set[str]) -> str:
+    """The sentence on how the attacks behind the cards took their steps ('' when nothing was attacked)."""
+    from medrobust.dashboard.modelset import STEPS_BF16, STEPS_FP32
+
+    if not kinds:
+        return ""
+    if kinds == {STEPS_FP32}:
+        return " The attack's gradient steps ran in fp32."
+    return (" The attack's gradient steps ran on a bf16 copy of " + ("each model" if kinds == {STEPS_BF16}
+            else "some models") + " (faster on this CPU); every answer shown is the fp32 model's own.")

@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from medrobust.attacks import REFERENCE_SIDE, scale_eps
-from medrobust.models import XrayNet
 from medrobust.dashboard.clean_analysis import CleanState, predict_probs
 from medrobust.dashboard.hosting import SHUTTING_DOWN
 from medrobust.dashboard.modelset import LoadedModel, ModelSet
@@ -36,7 +36,7 @@ class FlipSearch:
         return f"eps ≈ {self.eps:.2f} (L2 at 224 px; {self.eps_pixels:.3f} at this size)"
 
 
-def _flip_witness(model: XrayNet, x: torch.Tensor, label: int, eps: float, *, steps: int,
+def _flip_witness(model: nn.Module, x: torch.Tensor, label: int, eps: float, *, steps: int,
                   seed: int) -> float | None:
     """Attack at radius ``eps`` (at 224 px); the L2 size (at 224 px) of the first fooling example, or None."""
     if eps <= 0:
@@ -48,7 +48,7 @@ def _flip_witness(model: XrayNet, x: torch.Tensor, label: int, eps: float, *, st
     return float((x_adv - x).flatten().norm()) * REFERENCE_SIDE / side
 
 
-def smallest_flip_eps(model: XrayNet, x: torch.Tensor, *, label: int | None = None, max_eps: float = MAX_EPS,
+def smallest_flip_eps(model: nn.Module, x: torch.Tensor, *, label: int | None = None, max_eps: float = MAX_EPS,
                       steps: int = 20, tol: float = 0.05, seed: int = 0, name: str = "") -> FlipSearch:
     """Bisection for the smallest L2 radius (stated at 224 px) at which PGD flips the prediction.
 
@@ -56,7 +56,8 @@ def smallest_flip_eps(model: XrayNet, x: torch.Tensor, *, label: int | None = No
     size, which is never more than the radius tried, so the search usually needs fewer attacks than
     plain bisection. PGD success is not exactly monotone in eps (the random start), so the result
     is the boundary the seeded attack finds: a flipping example of that size exists, while the
-    attack found none at ``eps - tol``.
+    attack found none at ``eps - tol``. ``model`` may be a :class:`~medrobust.models.Bf16Twin`: its steps run in
+    bf16 and every hit is confirmed by an fp32 forward.
     """
     t0 = time.time()
     if label is None:
@@ -90,7 +91,7 @@ def flip_search_all(model_set: ModelSet, clean: CleanState, *, steps: int = 20, 
         if not m.ok or m.name not in clean.views:
             return FlipSearch(m.name, None, None, max_eps, 0, 0.0, error=m.error or "not loaded")
         v = clean.views[m.name]
-        return smallest_flip_eps(m.model, v.x, label=v.pred, max_eps=max_eps, steps=steps, tol=tol, seed=seed,
+        return smallest_flip_eps(m.attack_net, v.x, label=v.pred, max_eps=max_eps, steps=steps, tol=tol, seed=seed,
                                  name=m.name)
 
     return pmap(one, model_set.models, on_done=on_model)

@@ -15,13 +15,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from medrobust.attacks import apgd, pgd, scale_eps, worst_case
 from medrobust.choices import CLASS_NAMES
 from medrobust.clinical import clinical_corrupt
 from medrobust.corruptions import apply_corruption
 from medrobust.gradcam import gradcam
-from medrobust.models import XrayNet
+from medrobust.models import Bf16Twin
 from medrobust.trust import REFER, Decision
 from medrobust.dashboard.camdepth import cam_layer_for
 from medrobust.dashboard.captions import REFER_TEXT
@@ -92,17 +93,17 @@ def perturb_input(x: torch.Tensor, pert: Perturbation) -> torch.Tensor:
     raise ValueError(f"perturb_input handles noise and clinical corruptions, not {pert.kind!r}.")
 
 
-def attack(model: XrayNet, x: torch.Tensor, label: int, *, eps: float, steps: int, seed: int,
+def attack(model: nn.Module, x: torch.Tensor, label: int, *, eps: float, steps: int, seed: int,
            keep_first_success: bool = False, method: str = "pgd") -> torch.Tensor:
     """Untargeted L2 attack against ``label`` (the clean prediction); ``eps`` stated at 224 px.
 
     ``method``: ``"pgd"``, ``"apgd"`` (APGD-CE, keeps its first fooling example) or ``"ensemble"`` (the
     benchmark's worst case of both: the most damaging example either finds).
 
-    The iterations run in fp32: for one image, bf16 autocast gains nothing (ResNet-18 at 128 px, one
-    thread: 34.8 vs 36.1 ms per step) and, with the four models attacked at once on two cores, loses
-    (PGD-20 on the four shipped models 2.0 s against 1.45 s in fp32): autocast recasts every weight to
-    bf16 at each step, which a batch of one cannot amortise.
+    ``model`` is what the steps run on (:attr:`LoadedModel.attack_net`): a :class:`~medrobust.models.Bf16Twin`
+    takes its gradient steps in bf16 under autocast (every hit an attack acts on is confirmed by an fp32 forward);
+    a plain model runs in fp32 throughout (bf16 autocast alone recasts every weight at each step, which a batch of
+    one cannot amortise).
     """
     if method not in ATTACK_METHODS:
         raise ValueError(f"Unknown attack {method!r}; choose one of {', '.join(ATTACK_METHODS)}.")
@@ -110,13 +111,14 @@ def attack(model: XrayNet, x: torch.Tensor, label: int, *, eps: float, steps: in
     eps_px = scale_eps(float(eps), norm="l2", side=side)
     y = torch.tensor([int(label)], dtype=torch.long)
     g = _generator(seed, 17)
+    bf16 = isinstance(model, Bf16Twin)
     if method == "apgd":
-        return apgd(model, x, y, eps=eps_px, steps=int(steps), norm="l2", generator=g, use_autocast=False)
+        return apgd(model, x, y, eps=eps_px, steps=int(steps), norm="l2", generator=g, use_autocast=bf16)
     if method == "ensemble":
-        return worst_case(model, x, y, eps=eps_px, steps=int(steps), norm="l2", generator=g, use_autocast=False,
+        return worst_case(model, x, y, eps=eps_px, steps=int(steps), norm="l2", generator=g, use_autocast=bf16,
                           schedule="sequential").x_adv  # only the example is shown: APGD need not redo PGD's hits
     return pgd(model, x, y, eps=eps_px, steps=int(steps), norm="l2", generator=g,
-               keep_first_success=keep_first_success, use_autocast=False)
+               keep_first_success=keep_first_success, use_autocast=bf16)
 
 
 def resize_to(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -142,7 +144,6 @@ class Outcome:
     pred: int = -1
     x_clean: np.ndarray | None = field(default=None, repr=False)
     x_pert: np.ndarray | None = field(default=None, repr=False)
-    delta: np.ndarray | None = field(default=None, repr=False)
     cam_clean: np.ndarray | None = field(default=None, repr=False)
     cam_pert: np.ndarray | None = field(default=None, repr=False)
     l2: float = 0.0
@@ -151,10 +152,19 @@ class Outcome:
     warning: str | None = None
     decision: Decision | None = field(default=None, repr=False)
     true_class: int | None = None  # the image's label, when known (examples, test-split samples)
+    #: For an attack: how the model that crafted the example took its steps (:attr:`LoadedModel.attack_steps`).
+    attack_steps: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def delta(self) -> np.ndarray | None:
+        """The perturbation ``x_pert - x_clean`` (S, S), computed when asked: a session's cached outcomes do not hold it."""
+        if self.x_pert is None or self.x_clean is None:
+            return None
+        return self.x_pert - self.x_clean
 
     def decided(self, which: str = "perturbed") -> dict[str, Any] | None:
         """The decision rule applied to the clean or perturbed probabilities: calibrated ``probs``, ``answer``
@@ -260,6 +270,7 @@ class Outcome:
                 "flipped": self.flipped, "delta_p_covid": self.delta_p if self.ok and self.binary else None,
                 "delta_p_tracked": self.delta_p if self.ok else None,
                 "perturbation_l2": self.l2, "perturbation_linf": self.linf, "eps_pixels": self.eps_pixels,
+                "attack_steps": self.attack_steps,
                 "warning": self.warning, "change": self.change if self.ok else None,
                 "decision": {"clean": decided("clean"), "perturbed": decided("perturbed"),
                              "rule": self.decision.describe() if self.decision else None}}
@@ -276,11 +287,11 @@ def _attacks(model_set: ModelSet, clean: CleanState, pert: Perturbation) -> tupl
         if src is None:
             raise ValueError(f"The source model {pert.source!r} is not available for a transfer attack.")
         sv = clean.views[src.name]
-        x_src = attack(src.model, sv.x, sv.pred, eps=pert.eps, steps=pert.steps, seed=pert.seed, method=pert.method)
+        x_src = attack(src.attack_net, sv.x, sv.pred, eps=pert.eps, steps=pert.steps, seed=pert.seed, method=pert.method)
         transferred[src.image_size] = x_src
     if pert.kind == "pgd" and pert.mode == "own":
         todo = [m for m in model_set.ok_models if m.name in clean.views]
-        advs = pmap(lambda m: attack(m.model, clean.views[m.name].x, clean.views[m.name].pred, eps=pert.eps, method=pert.method,
+        advs = pmap(lambda m: attack(m.attack_net, clean.views[m.name].x, clean.views[m.name].pred, eps=pert.eps, method=pert.method,
                                       steps=pert.steps, seed=pert.seed), todo)
         attacked = {m.name: a for m, a in zip(todo, advs)}
     return transferred, attacked
@@ -319,10 +330,12 @@ def run_stress(model_set: ModelSet, clean: CleanState, pert: Perturbation, *, wi
         elif pert.mode == "own":
             xp = attacked[m.name]
             out.eps_pixels = scale_eps(pert.eps, norm="l2", side=m.image_size)
+            out.attack_steps = m.attack_steps
         else:
             src_x = next(iter(transferred.values()))
             xp = transferred.setdefault(m.image_size, resize_to(src_x, m.image_size))
             out.eps_pixels = scale_eps(pert.eps, norm="l2", side=int(src_x.shape[-1]))
+            out.attack_steps = model_set.get(pert.source).attack_steps
         inputs[m.name] = xp
     cams, probs = ({}, {}) if pert.kind == "none" else _perturbed_predictions(model_set, clean, inputs,
                                                                               with_cam=with_cam)
@@ -335,7 +348,7 @@ def run_stress(model_set: ModelSet, clean: CleanState, pert: Perturbation, *, wi
         d = (xp - x)[0, 0]
         out.clean_probs, out.clean_pred = tuple(float(q) for q in v.probs), v.pred
         out.probs, out.pred = tuple(float(q) for q in p), int(p.argmax())
-        out.x_clean, out.x_pert, out.delta = x[0, 0].numpy(), xp[0, 0].numpy(), d.numpy()
+        out.x_clean, out.x_pert = x[0, 0].numpy(), xp[0, 0].numpy()
         out.cam_clean = v.cam
         out.cam_pert = v.cam if pert.kind == "none" else cams.get(out.name)
         out.l2, out.linf = float(d.norm()), float(d.abs().max())

@@ -623,3 +623,23 @@ def test_examples_say_what_is_known_about_the_models_having_seen_them(dashboard_
     at = _page(STRESS)
     labels = at.selectbox(key="example").options
     assert len(labels) == len(shipped) and not any("never seen" in label for label in labels), labels
+
+
+@pytest.mark.parametrize("pinned, sentence, recorded", [
+    ("0", "The attack's gradient steps ran in fp32.", "fp32"),
+    ("1", "The attack's gradient steps ran on a bf16 copy of each model", "bf16 (fp32 verdicts)")])
+def test_the_page_and_the_snapshot_say_how_the_attack_took_its_steps(dashboard_env, monkeypatch, pinned, sentence,
+                                                                     recorded):
+    from medrobust.dashboard import ui
+
+    monkeypatch.setenv("MEDROBUST_CPU_BF16", pinned)  # pins bf16 steps off / on, whatever this CPU's timing says
+    ui._model_set.clear()  # the choice is made when a model set loads
+    at = _page(STRESS)
+    at.file_uploader[0].set_value(("chest.png", png_bytes(xray_like()), "image/png")).run()
+    assert "Change:" in _texts(at) and "gradient steps ran" not in _texts(at)  # nothing was attacked
+    at.radio(key="kind").set_value("pgd").run()
+    at.slider(key="steps").set_value(3).run()
+    _no_exception(at)
+    assert len(_predictions(at)) == 4 and sentence in _texts(at)
+    snap = json.loads(at.session_state["stress_snapshot"]["json"])
+    assert [m["attack_steps"] for m in snap["models"]] == [recorded] * 4

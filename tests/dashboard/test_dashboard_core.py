@@ -149,6 +149,94 @@ def test_same_settings_give_the_same_picture(model_set):
     assert not np.array_equal(other[0].x_pert, a[0].x_pert)
 
 
+def test_attacks_step_on_a_bf16_twin_only_where_it_measured_faster(monkeypatch):
+    from medrobust import attacks
+
+    model = modelset._freeze(build_model())
+
+    def untimed(*a, **k):
+        pytest.fail("timed although the choice was pinned")
+
+    monkeypatch.setattr(modelset, "_step_seconds", untimed)
+    monkeypatch.setenv("MEDROBUST_CPU_BF16", "0")  # pinned off (AVX2 machines): fp32 steps
+    assert modelset.bf16_steps_pay(model, 32) is False
+    monkeypatch.setenv("MEDROBUST_CPU_BF16", "1")  # pinned on: the twin, untimed
+    assert modelset.bf16_steps_pay(model, 32) is True
+    monkeypatch.delenv("MEDROBUST_CPU_BF16")
+    monkeypatch.setattr(attacks, "_cpu_has_native_bf16", lambda: False)  # no native bf16: fp32, nothing timed
+    assert modelset.bf16_steps_pay(model, 32) is False
+    monkeypatch.setattr(attacks, "_cpu_has_native_bf16", lambda: True)
+    for fp32_s, bf16_s, taken in ((0.040, 0.034, True), (0.040, 0.035, False), (0.035, 0.036, False)):
+        seen = []
+
+        def fake(net, x, *, bf16, a=fp32_s, b=bf16_s):
+            seen.append((bf16, tuple(x.shape)))
+            return b if bf16 else a
+
+        monkeypatch.setattr(modelset, "_step_seconds", fake)
+        assert modelset.bf16_steps_pay(model, 48, repeats=2) is taken
+        assert seen == [(False, (1, 1, 48, 48)), (True, (1, 1, 48, 48))] * 3  # interleaved, one warm-up round
+
+    def no_bf16_kernel(*a, bf16, **k):
+        if bf16:
+            raise NotImplementedError("no bf16 kernel")
+        return 0.04
+
+    monkeypatch.setattr(modelset, "_step_seconds", no_bf16_kernel)
+    assert modelset.bf16_steps_pay(model, 32) is False  # a model whose bf16 steps fail keeps fp32 steps, and loads
+
+
+def test_a_model_set_with_bf16_twins_shows_fp32_answers_to_its_attacks(tiny_checkpoints, monkeypatch):
+    """With every model's attack on its bf16 twin, the page's answers are still fp32 forwards of the models, the
+    examples stay in the ball, a seeded attack repeats, and the flip search's witness flips the fp32 model."""
+    from medrobust.models import Bf16Twin
+
+    monkeypatch.setenv("MEDROBUST_CPU_BF16", "1")  # the twins, whatever this CPU's timing says
+    twins = modelset.load_model_set(tiny_checkpoints)
+    assert all(m.bf16_steps and m.twin is None for m in twins.ok_models)  # no twin held until someone attacks
+    assert all(isinstance(m.attack_net, Bf16Twin) and m.attack_net is m.twin and m.twin.model is m.model
+               for m in twins.ok_models)
+    px = xray_like(64).astype(np.float32)
+    clean = clean_analysis.analyse_clean(twins, px)
+    pert = perturbation.Perturbation(kind="pgd", eps=4.0, steps=5, seed=1)
+    stepped = []
+    real_pgd = stress_run.pgd
+
+    def spy(model, *a, use_autocast, **k):  # every attack steps on a twin, under bf16 autocast
+        stepped.append((type(model), use_autocast))
+        return real_pgd(model, *a, use_autocast=use_autocast, **k)
+
+    monkeypatch.setattr(stress_run, "pgd", spy)
+    first = stress_run.run_stress(twins, clean, pert, with_cam=False)
+    again = stress_run.run_stress(twins, clean, pert, with_cam=False)
+    assert stepped == [(Bf16Twin, True)] * 8
+    assert {o.attack_steps for o in first} == {modelset.STEPS_BF16} and all(o.summary()["attack_steps"] for o in first)
+    eps_px = 4.0 * 32 / 224
+    for o, o2, m in zip(first, again, twins.models):
+        np.testing.assert_array_equal(o.x_pert, o2.x_pert)
+        assert o.l2 <= eps_px + 1e-4
+        exact = clean_analysis.predict_probs(m.model, torch.as_tensor(o.x_pert)[None, None])[0]
+        np.testing.assert_allclose(o.probs, exact.numpy(), atol=1e-6)
+    m = twins.ok_models[0]
+    v = clean.views[m.name]
+    verdicts = []
+
+    def judged(net, x):  # the flip search's verdict on each witness: an fp32 forward, equal to the model's
+        assert not torch.is_autocast_enabled("cpu")
+        verdicts.append(torch.equal(clean_analysis.predict_probs(net, x), clean_analysis.predict_probs(m.model, x)))
+        return clean_analysis.predict_probs(net, x)
+
+    monkeypatch.setattr(flip_search, "predict_probs", judged)
+    found = flip_search.smallest_flip_eps(m.attack_net, v.x, label=v.pred, steps=5, seed=0)
+    assert found.eps is not None and found.error is None, found
+    assert verdicts and all(verdicts)
+    # The shared models stay as Grad-CAM needs them after every attack: eval mode, no hooks, no parameter gradients.
+    clean_again = clean_analysis.analyse_clean(twins, px, cam_layer="layer4")
+    assert all(v.cam is not None for v in clean_again.views.values())
+    for m in twins.ok_models:
+        assert not any(mod.training for mod in m.attack_net.modules())
+
+
 def test_outcomes_report_predictions_changes_and_perturbation(model_set):
     px = xray_like(64).astype(np.float32)
     clean = clean_analysis.analyse_clean(model_set, px)

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import streamlit.testing.v1.local_script_runner as lsr
 from streamlit.runtime.scriptrunner import RerunData
 from streamlit.testing.v1 import AppTest
@@ -198,3 +200,26 @@ def test_predictions_stay_right_when_the_same_setting_comes_back(dashboard_env, 
         assert _predictions(at) == _expected(pixels, perturbation.Perturbation(kind="clinical", level=level))
     assert [p.level for p in calls] == [3, 4]  # level 3 again came from the session cache
     assert counted["clean"] == 1
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), h=st.integers(1, 40), w=st.integers(1, 40))
+def test_a_held_image_keeps_integer_levels_and_gives_back_the_decoders_pixels(bits, seed, h, w):
+    """The session holds an 8-bit (16-bit) file's pixels as uint8 (uint16) and gives back, bit for bit, the float32
+    pixels the decoder returned; pixels that are no integer levels (a windowed DICOM) stay float32."""
+    from dataclasses import replace
+
+    from medrobust.dashboard import stress_session
+
+    arr = np.random.default_rng(seed).random((h, w))
+    data = png_bytes(arr, bits=bits)
+    image = stress_session._held(data)
+    want = decode_image(data).pixels
+    assert image.error is None and image.stored.pixels.dtype == (np.uint8 if bits == 8 else np.uint16)
+    got = image.decoded.pixels
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    assert image.digest == clean_analysis.image_digest(want)
+    windowed = replace(decode_image(data), pixels=(want * 0.7 + 0.1).astype(np.float32))
+    kept = stress_session._compact(windowed, "d")
+    assert kept.stored.pixels.dtype == np.float32 and np.array_equal(kept.decoded.pixels, windowed.pixels)

@@ -299,6 +299,43 @@ class PassCounter(nn.Module):
         return self.net(x)
 
 
+@pytest.mark.parametrize("attack", ["pgd", "apgd", "worst_case"])
+def test_attacks_on_a_bf16_twin_step_on_its_copy_and_judge_with_the_fp32_model(attack, monkeypatch):
+    """A Bf16Twin under the attacks' bf16 autocast: every gradient step runs on the bf16 copy, the fp32 model only
+    ever runs in fp32 (the verdicts), every example stays in the ball, and every reported hit is an fp32 hit."""
+    from medrobust import attacks
+    from medrobust.models import Bf16Twin
+
+    monkeypatch.setenv("MEDROBUST_CPU_BF16", "1")
+    x, _ = batch(4, 128)
+    model = PassCounter().eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    twin = Bf16Twin(model)
+    model.images.update(fp32=0, bf16=0)
+    twin.low.images.update(fp32=0, bf16=0)
+    g = torch.Generator().manual_seed(0)
+    eps = 0.6
+    if attack == "worst_case":
+        result = attacks.worst_case(twin, x, y, eps=eps, steps=10, norm="l2", generator=g, use_autocast=True,
+                                    schedule="sequential")
+        adv, reported = result.x_adv, ~result.ok
+    else:
+        fn = attacks.pgd if attack == "pgd" else attacks.apgd
+        adv = fn(twin, x, y, eps=eps, steps=10, norm="l2", generator=g, use_autocast=True,
+                 **(dict(keep_first_success=True) if attack == "pgd" else {}))
+        reported = None
+    assert model.images["bf16"] == 0 and twin.low.images["fp32"] > 0  # steps on the copy (autocast off inside it)
+    assert model.images["fp32"] > 0  # the verdicts
+    assert bool((adv >= 0).all() and (adv <= 1).all())
+    assert bool(((adv - x).flatten(1).norm(dim=1) <= eps + 1e-4).all())
+    with torch.no_grad():
+        fooled = model(adv).argmax(1) != y
+    assert 0 < int(fooled.sum())
+    if reported is not None:
+        assert torch.equal(reported, fooled)
+
+
 @pytest.mark.parametrize("attack", ["pgd", "apgd"])
 def test_bf16_screen_spares_fp32_verdicts_and_misses_no_hit(attack, monkeypatch):
     """Under bf16 iterations, only iterates near the boundary get an fp32 verdict forward: far fewer fp32

@@ -8,6 +8,7 @@ from torch import nn
 
 from medrobust.choices import Arch, parse_choice
 from medrobust.models import (
+    Bf16Twin,
     GREY_MEAN,
     GREY_STD,
     IMAGENET_MEAN,
@@ -19,6 +20,7 @@ from medrobust.models import (
     cam_layers,
     fold_batchnorm,
     head,
+    inference_copy,
     load_imagenet_into,
     model_spec,
     stages,
@@ -231,6 +233,52 @@ def test_fold_batchnorm_leaves_other_architectures_unchanged():
 def test_fold_batchnorm_rejects_other_modules():
     with pytest.raises(TypeError, match="XrayResNet"):
         fold_batchnorm(torch.nn.Linear(2, 2))
+
+
+# ----------------------------------------------------------------------------- bf16 twin
+
+def test_bf16_twin_is_the_model_outside_autocast_and_its_bf16_copy_inside():
+    torch.manual_seed(0)
+    model = inference_copy(_busy_batchnorm(build_model()).eval()).requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    twin = Bf16Twin(model)
+    assert twin.model is model and all(p.dtype == torch.bfloat16 for p in twin.low.parameters())
+    x = torch.rand(3, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(twin(x), model(x))  # outside autocast: the fp32 model itself
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = twin(x)
+        with torch.autocast("cpu", dtype=torch.float16):  # another autocast dtype: the model under it, as it was
+            assert torch.equal(twin(x), model(x))
+    assert low.dtype == torch.bfloat16
+    exact = model(x)
+    torch.testing.assert_close(low.float(), exact, atol=0.05 * float(exact.abs().max()) + 0.05, rtol=0.05)
+    # Gradients reach the fp32 input through the cast and point where the fp32 ones do.
+    xa = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        twin(xa)[:, 1].sum().backward()
+    xe = x.clone().requires_grad_(True)
+    model(xe)[:, 1].sum().backward()
+    assert xa.grad.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(xa.grad.flatten(1), xe.grad.flatten(1))
+    assert bool((cos > 0.9).all()), cos
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the twin changed its model"
+
+
+def test_a_bf16_twin_stays_in_eval_mode_and_never_trains_its_shared_model():
+    from medrobust.attacks import eval_mode
+
+    model = inference_copy(build_model()).requires_grad_(False)
+    twin = Bf16Twin(model)
+    assert not twin.training and not model.training and not twin.low.training
+    with eval_mode(twin):  # what every attack does; restoring the twin's mode must not train the shared model
+        pass
+    assert not twin.training and not any(m.training for m in model.modules())
+    with pytest.raises(RuntimeError, match="inference only"):
+        twin.train()
+    assert not any(m.training for m in model.modules())
+    with pytest.raises(ValueError, match="eval mode"):
+        Bf16Twin(build_model().train())
 
 
 # ----------------------------------------------------------------------------- ImageNet weights
