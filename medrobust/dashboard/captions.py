@@ -5,14 +5,12 @@ Every sentence the page shows about a number is built here from that number, so 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from medrobust.attacks import REFERENCE_SIDE
-
-if TYPE_CHECKING:
-    from medrobust.dashboard.modelset import LoadedModel
+from medrobust.dashboard.modelset import STEPS_BF16, STEPS_FP32, LoadedModel
 
 
 REFER_TEXT = "uncertain — refer"
@@ -83,8 +81,6 @@ def delta_meaning(l2: float, linf: float, size: int) -> str:
 
 def attack_steps(kinds: set[str]) -> str:
     """The sentence on how the attacks behind the cards took their steps ('' when nothing was attacked)."""
-    from medrobust.dashboard.modelset import STEPS_BF16, STEPS_FP32
-
     if not kinds:
         return ""
     if kinds == {STEPS_FP32}:

@@ -7,13 +7,12 @@ every browser session.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
-
 import math
 import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
